@@ -1,0 +1,82 @@
+/// `linear`: `y = x Wᵀ + b` with PyTorch's layout, weight `[out, in]`, bias `[out]`.
+///
+/// Forward, VJP and JVP rules side by side. Every product is one GEMM over all `K·B` rows,
+/// with transposes as GEMM flags.
+public struct Linear<S: BLASScalar>: Sendable, Equatable {
+    /// `[out, in]`, row-major.
+    public let weight: Tensor<S>
+    /// `[out]`, or nil for `bias=False`.
+    public let bias: Tensor<S>?
+    /// Parameter name of the weight (`net.0.weight` or `layers.<i>.weight`).
+    public let weightName: String
+    /// Parameter name of the bias.
+    public let biasName: String?
+
+    /// Output features.
+    public var outFeatures: Int { weight.shape[0] }
+    /// Input features.
+    public var inFeatures: Int { weight.shape[1] }
+
+    /// Creates a linear layer; shapes are checked by ``ModelBuilder``.
+    public init(weight: Tensor<S>, bias: Tensor<S>?, weightName: String, biasName: String?) {
+        self.weight = weight
+        self.bias = bias
+        self.weightName = weightName
+        self.biasName = biasName
+    }
+
+    /// Forward: `Y[rows, out] = X[rows, in] Wᵀ + b`.
+    func forward(_ x: UnsafePointer<S>, rows: Int, into y: UnsafeMutablePointer<S>) {
+        let out = outFeatures
+        let beta: S
+        if let bias {
+            bias.scalars.withUnsafeBufferPointer { b in
+                for r in 0..<rows { (y + r * out).update(from: b.baseAddress!, count: out) }
+            }
+            beta = 1
+        } else {
+            beta = 0
+        }
+        weight.scalars.withUnsafeBufferPointer { w in
+            BLAS.gemm(
+                MatrixView(x, rows: rows, cols: inFeatures), MatrixView(w.baseAddress!, rows: out, cols: inFeatures),
+                transposeB: true, into: MutableMatrixView(y, rows: rows, cols: out), beta: beta)
+        }
+    }
+
+    /// JVP rule: `Ẏ = Ẋ Wᵀ` (the bias is constant). `columns` selects input columns `lo..<hi`
+    /// of W when the tangent only spans part of the input.
+    func jvp(_ tx: MatrixView<S>, into ty: UnsafeMutablePointer<S>, columns: Range<Int>? = nil) {
+        let cols = columns ?? 0..<inFeatures
+        weight.scalars.withUnsafeBufferPointer { w in
+            BLAS.gemm(
+                tx,
+                MatrixView(w.baseAddress! + cols.lowerBound, rows: outFeatures, cols: cols.count, stride: inFeatures),
+                transposeB: true, into: MutableMatrixView(ty, rows: tx.rows, cols: outFeatures))
+        }
+    }
+
+    /// VJP rule with respect to the input: `X̄ = Ȳ W`, restricted to input columns `columns`,
+    /// written with row stride `stride`.
+    func vjpInput(_ gy: UnsafePointer<S>, rows: Int, into gx: UnsafeMutablePointer<S>, columns: Range<Int>, stride: Int) {
+        weight.scalars.withUnsafeBufferPointer { w in
+            BLAS.gemm(
+                MatrixView(gy, rows: rows, cols: outFeatures),
+                MatrixView(w.baseAddress! + columns.lowerBound, rows: outFeatures, cols: columns.count, stride: inFeatures),
+                into: MutableMatrixView(gx, rows: rows, cols: columns.count, stride: stride))
+        }
+    }
+
+    /// VJP rule with respect to the parameters, summed over the batch like `loss.backward()`:
+    /// `W̄ = Ȳᵀ X` (`[out, in]`) and `b̄ = Ȳᵀ 1`. `gy` has `samples` rows with row stride `gyStride`.
+    func vjpParameters(
+        _ gy: UnsafePointer<S>, gyStride: Int, samples: Int, input x: UnsafePointer<S>,
+        weightGrad: UnsafeMutablePointer<S>, biasGrad: UnsafeMutablePointer<S>?, ones: UnsafePointer<S>
+    ) {
+        let gyView = MatrixView(gy, rows: samples, cols: outFeatures, stride: gyStride)
+        BLAS.gemm(
+            gyView, transposeA: true, MatrixView(x, rows: samples, cols: inFeatures),
+            into: MutableMatrixView(weightGrad, rows: outFeatures, cols: inFeatures))
+        if let biasGrad { BLAS.gemv(gyView, transpose: true, x: ones, into: biasGrad) }
+    }
+}

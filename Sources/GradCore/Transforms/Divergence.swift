@@ -1,0 +1,121 @@
+/// How a divergence is computed.
+public enum DivergenceMethod: Sendable, Equatable {
+    /// The exact trace of ∂y/∂x per sample.
+    case exact
+    /// Hutchinson's estimator `mean_p εₚᵀ J εₚ` with Rademacher probes from `seed`.
+    case hutchinson(probes: Int, seed: UInt64)
+}
+
+extension Model {
+    /// `tr(∂y/∂x)` per sample, `[B]` (t excluded); needs D' = D.
+    public func divergence(_ inputs: Inputs<S>, method: DivergenceMethod = .exact) throws(GradError) -> Tensor<S> {
+        try validate(inputs)
+        let d = inputs.width
+        let dOut = outputWidth(d: d)
+        if dOut != d {
+            throw .invalid("model", "divergence needs as many outputs as x features (D' = D), got D' = \(dOut), D = \(d)")
+        }
+        let tr = trace(inputs, derivatives: true)
+        switch method {
+        case .exact:
+            return Tensor(shape: [inputs.batch], scalars: cyclicTrace(tr) ?? jacobianTrace(tr))
+        case .hutchinson(let probes, let seed):
+            if probes < 1 { throw .invalid("probes", "must be at least 1, got \(probes)") }
+            return Tensor(shape: [inputs.batch], scalars: hutchinson(tr, probes: probes, seed: seed))
+        }
+    }
+
+    /// Exact trace for `linear → … → linear` without forming the D×D Jacobian.
+    ///
+    /// `J_b = W_L M_b W_1x` with `M_b` the Jacobian of the middle layers (hidden widths only).
+    /// By the cyclic property `tr(J_b) = tr(M_b P)` with `P = W_1x W_L` (`[h₁, h_L]`), so one forward
+    /// sweep of the h_L columns of P through the middle layers gives every trace. Nil when the model
+    /// does not start and end with `linear`.
+    func cyclicTrace(_ tr: ForwardTrace<S>) -> [S]? {
+        guard layers.count >= 2, case .linear(let first) = layers[0], case .linear(let last) = layers[layers.count - 1] else { return nil }
+        let b = tr.batch
+        let d = tr.d
+        let h1 = first.outFeatures
+        let hL = last.inFeatures
+        // Pᵀ = W_Lᵀ W_1xᵀ: [hL, h1]; row i is the tangent P e_i.
+        var pt = [S](repeating: 0, count: hL * h1)
+        last.weight.scalars.withUnsafeBufferPointer { wl in
+            first.weight.scalars.withUnsafeBufferPointer { w1 in
+                pt.withUnsafeMutableBufferPointer { p in
+                    BLAS.gemm(
+                        MatrixView(wl.baseAddress!, rows: d, cols: hL), transposeA: true,
+                        MatrixView(w1.baseAddress!, rows: h1, cols: d, stride: first.inFeatures), transposeB: true,
+                        into: MutableMatrixView(p.baseAddress!, rows: hL, cols: h1))
+                }
+            }
+        }
+        var seed = [S]()
+        seed.reserveCapacity(b * hL * h1)
+        for _ in 0..<b { seed.append(contentsOf: pt) }
+        let u = forwardSweep(tangents: seed, rows: b * hL, order: .bMajor, trace: tr, from: 1, to: layers.count - 1)
+        return (0..<b).map { bb in
+            var s: S = 0
+            for i in 0..<hL { s += u[(bb * hL + i) * hL + i] }
+            return s
+        }
+    }
+
+    /// Exact trace from the full Jacobian (any model with D' = D).
+    func jacobianTrace(_ tr: ForwardTrace<S>) -> [S] {
+        let b = tr.batch
+        let d = tr.d
+        let mode = resolve(.auto, batch: b, d: d, wantX: true, wantT: false)
+        let j = (mode == .reverse ? reverseJacobian(tr) : forwardJacobian(tr, wantX: true, wantT: false)).x!
+        return (0..<b).map { bb in
+            var s: S = 0
+            for i in 0..<d { s += j[(bb * d + i) * d + i] }
+            return s
+        }
+    }
+
+    /// Hutchinson: all probes in one forward sweep (K = probes), `[K, B, D]` Rademacher tangents.
+    func hutchinson(_ tr: ForwardTrace<S>, probes k: Int, seed: UInt64) -> [S] {
+        let b = tr.batch
+        let d = tr.d
+        let d0 = tr.widths[0]
+        var rng = SplitMix64(seed: seed)
+        var eps = [S](repeating: 0, count: k * b * d)
+        var i = 0
+        while i < eps.count {
+            var bits = rng.next()
+            for _ in 0..<64 where i < eps.count {
+                eps[i] = (bits & 1) == 0 ? 1 : -1
+                bits >>= 1
+                i += 1
+            }
+        }
+        var u = [S](repeating: 0, count: k * b * d0)
+        for r in 0..<(k * b) {
+            for j in 0..<d { u[r * d0 + j] = eps[r * d + j] }
+        }
+        let y = forwardSweep(tangents: u, rows: k * b, order: .kMajor, trace: tr, from: 0, to: layers.count)
+        var div = [S](repeating: 0, count: b)
+        for kk in 0..<k {
+            for bb in 0..<b {
+                let r = kk * b + bb
+                var s: S = 0
+                for j in 0..<d { s += eps[r * d + j] * y[r * d + j] }
+                div[bb] += s
+            }
+        }
+        return div.map { $0 / S(Double(k)) }
+    }
+}
+
+/// SplitMix64: a small, fast, seedable generator; the same seed gives the same probes everywhere.
+struct SplitMix64: RandomNumberGenerator {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}

@@ -1,0 +1,43 @@
+/// The primal inputs of one request: `x` `[B, D]` and, for models with t, `t` `[B]`.
+public struct Inputs<S: BLASScalar>: Sendable {
+    /// `[B, D]`.
+    public var x: Tensor<S>
+    /// `[B]`, present exactly when the model takes t.
+    public var t: Tensor<S>?
+
+    /// Creates inputs.
+    public init(x: Tensor<S>, t: Tensor<S>? = nil) {
+        self.x = x
+        self.t = t
+    }
+
+    /// Batch size B.
+    public var batch: Int { x.shape[0] }
+    /// Feature count D.
+    public var width: Int { x.shape[1] }
+}
+
+extension Model {
+    /// Checks `inputs` against the model; paths are the request's (`inputs.x`, `inputs.t`).
+    func validate(_ inputs: Inputs<S>) throws(GradError) {
+        var issues: [FieldIssue] = []
+        let x = inputs.x
+        if x.rank != 2 || x.shape[0] < 1 || x.shape[1] < 1 {
+            issues.append(FieldIssue(path: "inputs.x", message: "expected a non-empty [B, D] array, got shape \(Shape.describe(x.shape))"))
+        } else if let d = inputWidth, x.shape[1] != d {
+            issues.append(FieldIssue(path: "inputs.x", message: "expected [\(x.shape[0]), \(d)] (D = \(d) features), got \(Shape.describe(x.shape))"))
+        }
+        if hasT {
+            if let t = inputs.t {
+                if x.rank == 2, t.shape != [x.shape[0]] {
+                    issues.append(FieldIssue(path: "inputs.t", message: "expected shape [\(x.shape[0])] (one t per sample), got \(Shape.describe(t.shape))"))
+                }
+            } else {
+                issues.append(FieldIssue(path: "inputs.t", message: "required: the model's inputs are [\"x\", \"t\"]"))
+            }
+        } else if inputs.t != nil {
+            issues.append(FieldIssue(path: "inputs.t", message: "the model has no t input (its inputs are [\"x\"])"))
+        }
+        if !issues.isEmpty { throw .invalid(issues) }
+    }
+}

@@ -1,0 +1,58 @@
+/// The answer of a JVP: outputs and `J u`.
+public struct JVPResult<S: BLASScalar>: Sendable {
+    /// `[B, D']`.
+    public var outputs: Tensor<S>
+    /// `[B, D']`, or `[K, B, D']` for K-batched tangents.
+    public var jvp: Tensor<S>
+}
+
+extension Model {
+    /// Jacobian-vector product in true forward mode (`torch.func.jvp`): `J_x u_x + J_t u_t`.
+    ///
+    /// - Parameters:
+    ///   - tangentX: `[B, D]` or `[K, B, D]`; nil counts as zero.
+    ///   - tangentT: `[B]` or `[K, B]`; nil counts as zero. When both are given their K must agree.
+    public func jvp(_ inputs: Inputs<S>, tangentX: Tensor<S>?, tangentT: Tensor<S>?) throws(GradError) -> JVPResult<S> {
+        try validate(inputs)
+        let b = inputs.batch
+        let d = inputs.width
+        if tangentT != nil, !hasT {
+            throw .invalid("tangents.t", "the model has no t input (its inputs are [\"x\"])")
+        }
+        var issues: [FieldIssue] = []
+        var kx: Int? = nil
+        var kt: Int? = nil
+        if let u = tangentX {
+            if u.shape == [b, d] { kx = 0 } else if u.rank == 3, u.shape[1] == b, u.shape[2] == d, u.shape[0] >= 1 { kx = u.shape[0] } else {
+                issues.append(FieldIssue(path: "tangents.x", message: "expected [\(b), \(d)] or [K, \(b), \(d)] like inputs.x, got \(Shape.describe(u.shape))"))
+            }
+        }
+        if let u = tangentT {
+            if u.shape == [b] { kt = 0 } else if u.rank == 2, u.shape[1] == b, u.shape[0] >= 1 { kt = u.shape[0] } else {
+                issues.append(FieldIssue(path: "tangents.t", message: "expected [\(b)] or [K, \(b)] like inputs.t, got \(Shape.describe(u.shape))"))
+            }
+        }
+        if let kx, let kt, kx != kt {
+            issues.append(FieldIssue(path: "tangents", message: "tangents.x and tangents.t must agree on K (unbatched or the same leading K), got \(Shape.describe(tangentX!.shape)) and \(Shape.describe(tangentT!.shape))"))
+        }
+        if !issues.isEmpty { throw .invalid(issues) }
+        let kLead = max(kx ?? 0, kt ?? 0)
+        let k = max(kLead, 1)
+        let rows = k * b
+        let tr = trace(inputs, derivatives: true)
+        let seed: [S] = withOptionalPointer(tangentX?.scalars) { ux in
+            withOptionalPointer(tangentT?.scalars) { ut in Concat.jvp(x: ux, t: ut, rows: rows, width: d, hasT: hasT) }
+        }
+        let out = forwardSweep(tangents: seed, rows: rows, order: .kMajor, trace: tr, from: 0, to: layers.count)
+        let dOut = tr.outputWidth
+        return JVPResult(
+            outputs: Tensor(shape: [b, dOut], scalars: tr.output),
+            jvp: Tensor(shape: (kLead > 0 ? [kLead] : []) + [b, dOut], scalars: out))
+    }
+}
+
+/// Calls `body` with the base address of `a`, or with nil when `a` is nil.
+func withOptionalPointer<S, R>(_ a: [S]?, _ body: (UnsafePointer<S>?) -> R) -> R {
+    guard let a else { return body(nil) }
+    return a.withUnsafeBufferPointer { body($0.baseAddress) }
+}

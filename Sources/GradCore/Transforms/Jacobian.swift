@@ -1,0 +1,163 @@
+/// How a per-sample Jacobian is computed.
+public enum JacobianMode: String, Sendable, CaseIterable {
+    /// The cheaper of the two by FLOP count; ties go to reverse.
+    case auto
+    /// One reverse sweep with K = D' identity cotangents.
+    case reverse
+    /// One forward sweep with K = D (+1 for t) identity tangents.
+    case forward
+}
+
+/// The answer of a Jacobian request.
+public struct JacobianResult<S: BLASScalar>: Sendable {
+    /// `[B, D']`.
+    public var outputs: Tensor<S>
+    /// `[B, D', D]`: `x[b, i, j] = ∂y_i/∂x_j` at sample b, when asked.
+    public var x: Tensor<S>?
+    /// `[B, D']`: `∂y_i/∂t` at sample b, when asked.
+    public var t: Tensor<S>?
+    /// The sweep that ran (`reverse` or `forward`).
+    public var mode: JacobianMode
+}
+
+extension Model {
+    /// FLOP count of the GEMMs a Jacobian sweep runs (the identity seed through the first or last
+    /// linear layer costs no GEMM).
+    public func jacobianFlops(batch b: Int, d: Int, wantX: Bool, wantT: Bool, mode: JacobianMode) -> Double {
+        let k = Double(mode == .forward ? (wantX ? d : 0) + (wantT ? 1 : 0) : outputWidth(d: d))
+        var flops = 0.0
+        for (l, layer) in layers.enumerated() {
+            guard case .linear(let lin) = layer else { continue }
+            if mode == .forward, l == 0 { continue }
+            if mode == .reverse, l == layers.count - 1 { continue }
+            flops += 2 * Double(b) * k * Double(lin.inFeatures) * Double(lin.outFeatures)
+        }
+        return flops
+    }
+
+    /// The mode `auto` resolves to.
+    public func resolve(_ mode: JacobianMode, batch: Int, d: Int, wantX: Bool, wantT: Bool) -> JacobianMode {
+        guard mode == .auto else { return mode }
+        let r = jacobianFlops(batch: batch, d: d, wantX: wantX, wantT: wantT, mode: .reverse)
+        let f = jacobianFlops(batch: batch, d: d, wantX: wantX, wantT: wantT, mode: .forward)
+        return r <= f ? .reverse : .forward
+    }
+
+    /// Per-sample Jacobian, as `vmap(jacrev(f_single))`: one batched sweep, never a loop over rows.
+    public func jacobian(_ inputs: Inputs<S>, wrt: Set<GradTarget> = [.x], mode: JacobianMode = .auto) throws(GradError) -> JacobianResult<S> {
+        try validate(inputs)
+        if wrt.contains(.params) { throw .invalid("wrt", "a Jacobian is taken with respect to x and/or t, not params") }
+        if wrt.isEmpty { throw .invalid("wrt", "must name x and/or t") }
+        if wrt.contains(.t), !hasT { throw .invalid("wrt", "t is not an input of this model (its inputs are [\"x\"])") }
+        let wantX = wrt.contains(.x)
+        let wantT = wrt.contains(.t)
+        let b = inputs.batch
+        let d = inputs.width
+        let used = resolve(mode, batch: b, d: d, wantX: wantX, wantT: wantT)
+        let tr = trace(inputs, derivatives: true)
+        let dOut = tr.outputWidth
+        var result = JacobianResult(outputs: Tensor(shape: [b, dOut], scalars: tr.output), x: nil, t: nil, mode: used)
+        let (jx, jt) = used == .reverse ? reverseJacobian(tr) : forwardJacobian(tr, wantX: wantX, wantT: wantT)
+        if wantX { result.x = Tensor(shape: [b, dOut, d], scalars: jx!) }
+        if wantT { result.t = Tensor(shape: [b, dOut], scalars: jt!) }
+        return result
+    }
+
+    /// Reverse mode: K = D' identity cotangents in `[B, D', …]` order, so the input cotangent is
+    /// already the `[B, D', D]` Jacobian. Through a last linear layer the identity seed is just W.
+    func reverseJacobian(_ tr: ForwardTrace<S>) -> (x: [S]?, t: [S]?) {
+        let b = tr.batch
+        let dOut = tr.outputWidth
+        let rows = b * dOut
+        var seed: [S]
+        var top = layers.count
+        if case .linear(let last) = layers[top - 1] {
+            // e_k · W = W[k, :]: the seed after the last layer is W repeated per sample.
+            seed = [S]()
+            seed.reserveCapacity(rows * last.inFeatures)
+            for _ in 0..<b { seed.append(contentsOf: last.weight.scalars) }
+            top -= 1
+            if top == 0 {
+                let split = seed.withUnsafeBufferPointer { Concat.vjp($0.baseAddress!, rows: rows, width: tr.d, hasT: hasT) }
+                return (split.x, split.t)
+            }
+        } else {
+            seed = [S](repeating: 0, count: rows * dOut)
+            for r in 0..<rows { seed[r * dOut + r % dOut] = 1 }
+        }
+        var none: ParameterGradients<S>? = nil
+        let g = reverseSweep(seed: seed, rows: rows, order: .bMajor, trace: tr, top: top, wantInput: true, params: &none)!
+        return (g.x, g.t)
+    }
+
+    /// Forward mode: K = D (+1) identity tangents in `[B, K, …]` order. Through a first linear layer
+    /// the identity seed is just columns of W; a last linear layer writes each sample's `[D', D]`
+    /// block with one GEMM, so no transpose copy is needed.
+    func forwardJacobian(_ tr: ForwardTrace<S>, wantX: Bool, wantT: Bool) -> (x: [S]?, t: [S]?) {
+        let b = tr.batch
+        let d = tr.d
+        let d0 = tr.widths[0]
+        let columns = (wantX ? Array(0..<d) : []) + (wantT ? [d] : [])
+        let k = columns.count
+        let rows = b * k
+        var from = 0
+        var u: [S]
+        if case .linear(let first) = layers[0] {
+            // W e_j = W[:, j]: gather the needed columns of W once, repeat them per sample.
+            let out = first.outFeatures
+            var block = [S](repeating: 0, count: k * out)
+            first.weight.scalars.withUnsafeBufferPointer { w in
+                for (kk, j) in columns.enumerated() {
+                    for o in 0..<out { block[kk * out + o] = w[o * d0 + j] }
+                }
+            }
+            u = []
+            u.reserveCapacity(rows * out)
+            for _ in 0..<b { u.append(contentsOf: block) }
+            from = 1
+        } else {
+            u = [S](repeating: 0, count: rows * d0)
+            for bb in 0..<b {
+                for (kk, j) in columns.enumerated() { u[(bb * k + kk) * d0 + j] = 1 }
+            }
+        }
+        var to = layers.count
+        var lastLinear: Linear<S>? = nil
+        if to - 1 >= from, case .linear(let last) = layers[to - 1] {
+            lastLinear = last
+            to -= 1
+        }
+        u = forwardSweep(tangents: u, rows: rows, order: .bMajor, trace: tr, from: from, to: to)
+        let dOut = tr.outputWidth
+        var jx: [S]? = wantX ? [S](repeating: 0, count: b * dOut * d) : nil
+        var jt: [S]? = wantT ? [S](repeating: 0, count: b * dOut) : nil
+        u.withUnsafeBufferPointer { up in
+            let width = lastLinear?.inFeatures ?? dOut
+            for bb in 0..<b {
+                let ub = up.baseAddress! + bb * k * width
+                if let last = lastLinear {
+                    last.weight.scalars.withUnsafeBufferPointer { w in
+                        let wv = MatrixView(w.baseAddress!, rows: dOut, cols: width)
+                        if wantX {
+                            jx!.withUnsafeMutableBufferPointer { j in
+                                BLAS.gemm(wv, MatrixView(ub, rows: d, cols: width), transposeB: true, into: MutableMatrixView(j.baseAddress! + bb * dOut * d, rows: dOut, cols: d))
+                            }
+                        }
+                        if wantT {
+                            jt!.withUnsafeMutableBufferPointer { j in
+                                BLAS.gemv(wv, x: ub + (k - 1) * width, into: j.baseAddress! + bb * dOut)
+                            }
+                        }
+                    }
+                } else {
+                    // Tangent rows are Jacobian columns: transpose each sample's [K, D'] block.
+                    for i in 0..<dOut {
+                        if wantX { for j in 0..<d { jx![(bb * dOut + i) * d + j] = ub[j * width + i] } }
+                        if wantT { jt![bb * dOut + i] = ub[(k - 1) * width + i] }
+                    }
+                }
+            }
+        }
+        return (jx, jt)
+    }
+}

@@ -1,0 +1,57 @@
+/// What a gradient is taken with respect to (`wrt`).
+public enum GradTarget: String, Sendable, CaseIterable, Hashable {
+    case x
+    case t
+    case params
+}
+
+/// The answer of a VJP: outputs and the requested gradients.
+public struct VJPResult<S: BLASScalar>: Sendable {
+    /// `[B, D']`.
+    public var outputs: Tensor<S>
+    /// `[B, D]` (or `[K, B, D]` when K-batched), when x was asked for.
+    public var x: Tensor<S>?
+    /// `[B]` (or `[K, B]`), when t was asked for.
+    public var t: Tensor<S>?
+    /// Parameter gradients in layer order, summed over the batch (`[K, …]` when K-batched).
+    public var params: [(name: String, grad: Tensor<S>)]
+}
+
+extension Model {
+    /// Vector-Jacobian product: `torch.autograd.grad(y, [x, t, *params], grad_outputs=v)`.
+    ///
+    /// - Parameters:
+    ///   - gradOutputs: `[B, D']`, or `[K, B, D']` with `isGradsBatched`; all K go through one sweep.
+    ///   - wrt: the gradients to return.
+    public func vjp(
+        _ inputs: Inputs<S>, gradOutputs v: Tensor<S>, isGradsBatched: Bool = false, wrt: Set<GradTarget> = [.x]
+    ) throws(GradError) -> VJPResult<S> {
+        try validate(inputs)
+        if wrt.contains(.t), !hasT {
+            throw .invalid("wrt", "t is not an input of this model (its inputs are [\"x\"])")
+        }
+        let b = inputs.batch
+        let dOut = outputWidth(d: inputs.width)
+        let expected = isGradsBatched ? [v.shape.first ?? 0, b, dOut] : [b, dOut]
+        if v.shape != expected || (isGradsBatched && expected[0] < 1) {
+            let want = isGradsBatched ? "[K, \(b), \(dOut)] with K ≥ 1" : Shape.describe(expected)
+            throw .invalid("grad_outputs", "expected shape \(want) to match outputs [\(b), \(dOut)], got \(Shape.describe(v.shape))")
+        }
+        let k = isGradsBatched ? v.shape[0] : 1
+        let tr = trace(inputs, derivatives: true)
+        var params: ParameterGradients<S>? = wrt.contains(.params) ? ParameterGradients(k: k) : nil
+        let wantInput = wrt.contains(.x) || wrt.contains(.t)
+        let g = reverseSweep(seed: v.scalars, rows: k * b, order: .kMajor, trace: tr, top: layers.count, wantInput: wantInput, params: &params)
+        let lead = isGradsBatched ? [k] : []
+        var result = VJPResult(outputs: Tensor(shape: [b, dOut], scalars: tr.output), x: nil, t: nil, params: [])
+        if wrt.contains(.x), let g { result.x = Tensor(shape: lead + [b, inputs.width], scalars: g.x) }
+        if wrt.contains(.t), let gt = g?.t { result.t = Tensor(shape: lead + [b], scalars: gt) }
+        if let params {
+            result.params = params.order.map { name in
+                let (shape, scalars) = params.values[name]!
+                return (name, Tensor(shape: lead + shape, scalars: scalars))
+            }
+        }
+        return result
+    }
+}
