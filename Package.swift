@@ -11,6 +11,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-numerics", from: "1.0.0"),
+        .package(url: "https://github.com/swift-extras/swift-extras-base64", from: "1.2.0"),
     ],
     targets: [
         .systemLibrary(
@@ -27,7 +28,7 @@ let package = Package(
         ),
         .target(
             name: "GradCodec",
-            dependencies: ["GradCore"]
+            dependencies: ["GradCore", .product(name: "ExtrasBase64", package: "swift-extras-base64")]
         ),
         .executableTarget(
             name: "gradserve",

@@ -1,0 +1,168 @@
+import ExtrasBase64
+import GradCore
+
+/// Reads a tensor in any of the three wire forms, reporting problems with the field's path.
+///
+/// 1. nested arrays `[[0.1, 0.2], [0.3, 0.4]]`;
+/// 2. `{"shape": [2, 2], "data": [0.1, 0.2, 0.3, 0.4]}`;
+/// 3. `{"shape": [2, 2], "dtype": "float32", "encoding": "base64", "data": "…"}` (little-endian, row-major).
+public enum TensorDecoder {
+    /// Largest element count a decoded tensor may declare (bounded again by the body size).
+    public static let maxElements = 1 << 31
+
+    /// Decodes `value` at `path`. Empty, ragged or non-finite tensors are refused.
+    public static func decode(_ value: JSONValue, at path: String) throws(GradError) -> AnyTensor {
+        switch value {
+        case .numbers(let shape, let values):
+            try checkShape(shape, at: path)
+            try checkFinite(values, at: path)
+            return .float64(Tensor(shape: shape, scalars: values))
+        case .array(let items):
+            throw .invalid([badArrayIssue(items, at: path)])
+        case .object(let obj):
+            return try decodeObject(obj, at: path)
+        default:
+            throw .invalid(path, "expected a tensor (nested array of numbers, or an object with shape and data), got \(value.typeName)")
+        }
+    }
+
+    private static func decodeObject(_ obj: JSONObject, at path: String) throws(GradError) -> AnyTensor {
+        var issues: [FieldIssue] = []
+        for key in obj.keys where !["shape", "data", "dtype", "encoding"].contains(key) {
+            issues.append(FieldIssue(path: "\(path).\(key)", message: "unknown field (a tensor object has shape, data, dtype, encoding)"))
+        }
+        guard let shapeValue = obj["shape"] else {
+            issues.append(FieldIssue(path: "\(path).shape", message: "required"))
+            throw .invalid(issues)
+        }
+        let shape: [Int]
+        switch shapeValue {
+        case .numbers(let s, let v) where s.count == 1:
+            if let bad = v.firstIndex(where: { $0 < 0 || $0 != $0.rounded() || $0 > Double(maxElements) }) {
+                issues.append(FieldIssue(path: "\(path).shape[\(bad)]", message: "expected a non-negative integer extent, got \(v[bad])"))
+                throw .invalid(issues)
+            }
+            shape = v.map { Int($0) }
+        default:
+            issues.append(FieldIssue(path: "\(path).shape", message: "expected an array of integers"))
+            throw .invalid(issues)
+        }
+        let dtype: DType
+        switch obj["dtype"] {
+        case nil: dtype = .float64
+        case .string(let s)?:
+            guard let d = DType(rawValue: s) else {
+                issues.append(FieldIssue(path: "\(path).dtype", message: "expected \"float32\" or \"float64\", got \"\(s)\""))
+                throw .invalid(issues)
+            }
+            dtype = d
+        case let other?:
+            issues.append(FieldIssue(path: "\(path).dtype", message: "expected a string, got \(other.typeName)"))
+            throw .invalid(issues)
+        }
+        let encoding: String?
+        switch obj["encoding"] {
+        case nil: encoding = nil
+        case .string(let s)? where s == "base64": encoding = s
+        case let other?:
+            issues.append(FieldIssue(path: "\(path).encoding", message: "expected \"base64\", got \(other == .string("") ? "\"\"" : other.typeName == "a string" ? "\(other)" : other.typeName)"))
+            throw .invalid(issues)
+        }
+        if !issues.isEmpty { throw .invalid(issues) }
+        try checkShape(shape, at: "\(path).shape")
+        let count = Shape.elementCount(shape)!
+        switch (encoding, obj["data"]) {
+        case (_, nil):
+            throw .invalid("\(path).data", "required")
+        case ("base64", .string(let text)?):
+            let bytes: [UInt8]
+            do { bytes = try Base64.decode(bytes: text.utf8) } catch {
+                throw .invalid("\(path).data", "invalid base64 (\(error))")
+            }
+            let expected = count * dtype.byteCount
+            if bytes.count != expected {
+                throw .invalid("\(path).data", "expected \(expected) bytes (\(count) × \(dtype.rawValue) for shape \(Shape.describe(shape))), got \(bytes.count)")
+            }
+            return try fromBytes(bytes, shape: shape, dtype: dtype, at: "\(path).data")
+        case ("base64", let other?):
+            throw .invalid("\(path).data", "expected a base64 string, got \(other.typeName)")
+        case (nil, .numbers(let s, let values)?) where s.count == 1:
+            if values.count != count {
+                throw .invalid("\(path).data", "expected \(count) numbers for shape \(Shape.describe(shape)), got \(values.count)")
+            }
+            try checkFinite(values, at: "\(path).data")
+            let t = Tensor(shape: shape, scalars: values)
+            return dtype == .float32 ? .float32(t.cast()) : .float64(t)
+        case (nil, let other?):
+            throw .invalid("\(path).data", "expected a flat array of numbers (or set \"encoding\": \"base64\"), got \(other.typeName == "an array" ? "a nested or non-numeric array" : other.typeName)")
+        default:
+            throw .invalid("\(path).encoding", "unsupported")
+        }
+    }
+
+    /// Little-endian bytes to a typed tensor, refusing NaN and infinities.
+    static func fromBytes(_ bytes: [UInt8], shape: [Int], dtype: DType, at path: String) throws(GradError) -> AnyTensor {
+        let count = bytes.count / dtype.byteCount
+        switch dtype {
+        case .float32:
+            let v = [Float](unsafeUninitializedCapacity: count) { buf, n in
+                bytes.withUnsafeBytes { raw in
+                    for i in 0..<count { buf[i] = Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self))) }
+                }
+                n = count
+            }
+            if let bad = v.firstIndex(where: { !$0.isFinite }) { throw .invalid(path, "non-finite value \(v[bad]) at flat index \(bad)") }
+            return .float32(Tensor(shape: shape, scalars: v))
+        case .float64:
+            let v = [Double](unsafeUninitializedCapacity: count) { buf, n in
+                bytes.withUnsafeBytes { raw in
+                    for i in 0..<count { buf[i] = Double(bitPattern: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self))) }
+                }
+                n = count
+            }
+            if let bad = v.firstIndex(where: { !$0.isFinite }) { throw .invalid(path, "non-finite value \(v[bad]) at flat index \(bad)") }
+            return .float64(Tensor(shape: shape, scalars: v))
+        }
+    }
+
+    private static func checkShape(_ shape: [Int], at path: String) throws(GradError) {
+        if shape.isEmpty { throw .invalid(path, "a tensor needs at least one axis") }
+        guard let n = Shape.elementCount(shape), n <= maxElements else {
+            throw .invalid(path, "shape \(Shape.describe(shape)) declares more than \(maxElements) elements")
+        }
+        if n == 0 { throw .invalid(path, "shape \(Shape.describe(shape)) has no elements; tensors must not be empty") }
+    }
+
+    private static func checkFinite(_ values: [Double], at path: String) throws(GradError) {
+        if let bad = values.firstIndex(where: { !$0.isFinite }) {
+            throw .invalid(path, "non-finite value at flat index \(bad) (numbers such as 1e999 overflow)")
+        }
+    }
+
+    /// Explains why a generic array is not a tensor, naming the first offending element by path
+    /// (`inputs.x[3]: expected 784 numbers, got 783`).
+    static func badArrayIssue(_ items: [JSONValue], at path: String) -> FieldIssue {
+        func shapeOf(_ v: JSONValue) -> [Int]? {
+            switch v {
+            case .number: return []
+            case .numbers(let s, _): return s
+            default: return nil
+            }
+        }
+        func describe(_ s: [Int]) -> String {
+            s.isEmpty ? "a number" : (s.count == 1 ? "\(s[0]) numbers" : "an array of shape \(Shape.describe(s))")
+        }
+        let reference = items.first.flatMap(shapeOf)
+        for (i, item) in items.enumerated() {
+            let p = "\(path)[\(i)]"
+            guard let s = shapeOf(item) else {
+                if case .array(let inner) = item { return badArrayIssue(inner, at: p) }
+                return FieldIssue(path: p, message: "expected a number, got \(item.typeName)")
+            }
+            if let reference, s != reference {
+                return FieldIssue(path: p, message: "expected \(describe(reference)) like \(path)[0], got \(describe(s))")
+            }
+        }
+        return FieldIssue(path: path, message: "not a rectangular array of numbers")
+    }
+}
