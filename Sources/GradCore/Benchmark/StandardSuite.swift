@@ -1,0 +1,90 @@
+/// The standard workloads of `gradserve bench`: the seed's `nn.Linear(1000, 1000)` loop and the
+/// ToyMLP forward / VJP / JVP / Jacobian / divergence cells.
+public struct StandardSuite: Sendable {
+    /// Timed iterations per ToyMLP workload.
+    public var iterations = 50
+    /// Iterations of the seed loop (the seed ran 500).
+    public var seedIterations = 500
+    /// Iterations of the one-row-at-a-time Jacobian (slow by design).
+    public var rowLoopIterations = 3
+    /// Upper bound on seconds per workload (at least 3 iterations run).
+    public var maxSecondsPerWorkload = Double.infinity
+    /// Only workloads whose name contains one of these (all when empty).
+    public var only: [String] = []
+
+    /// Creates the suite with defaults.
+    public init() {}
+
+    /// Names of every workload, in run order.
+    public static let workloadNames = [
+        "seed_linear", "toymlp_forward_b256", "toymlp_vjp_b256", "toymlp_jvp_b256",
+        "toymlp_jacobian_reverse_b3", "toymlp_jacobian_forward_b3", "toymlp_jacobian_auto_b3",
+        "toymlp_jacobian_reverse_b16", "toymlp_jacobian_forward_b16", "toymlp_jacobian_auto_b16",
+        "toymlp_divergence_exact_b16", "toymlp_divergence_hutchinson_b16", "toymlp_jacobian_rowloop_b3",
+    ]
+
+    func wanted(_ name: String) -> Bool { only.isEmpty || only.contains { name.contains($0) } }
+
+    /// Runs the selected workloads at the current BLAS thread setting.
+    public func run(machine: MachineInfo = .current()) throws -> BenchmarkReport {
+        var results: [TimingResult] = []
+        let peak = machine.peakGFLOPs > 0 ? machine.peakGFLOPs : nil
+        func time(_ name: String, _ op: String, _ method: String, batch: Int, iterations: Int, flops: Double?, _ body: () throws -> Void) rethrows {
+            guard wanted(name) else { return }
+            results.append(try Stopwatch.measure(
+                name: name, operation: op, method: method, batch: batch, iterations: iterations,
+                warmup: iterations > 3 ? 3 : 1, maxSeconds: maxSecondsPerWorkload, flops: flops, peakGFLOPs: peak, body))
+        }
+
+        if wanted("seed_linear") {
+            var rng = SplitMix64(seed: 3)
+            func u() -> Float { Float(Double(rng.next() >> 11) / Double(1 << 53) * 0.06 - 0.03) }
+            let lin = Linear<Float>(
+                weight: Tensor(shape: [1000, 1000], scalars: (0..<1_000_000).map { _ in u() }),
+                bias: Tensor(shape: [1000], scalars: (0..<1000).map { _ in u() }), weightName: "weight", biasName: "bias")
+            let x = (0..<1_000_000).map { _ in u() * 30 }
+            var y = [Float](repeating: 0, count: 1_000_000)
+            time("seed_linear", "forward", "gemm", batch: 1000, iterations: seedIterations, flops: 2e9 + 1e6) {
+                x.withUnsafeBufferPointer { xp in
+                    y.withUnsafeMutableBufferPointer { lin.forward(xp.baseAddress!, rows: 1000, into: $0.baseAddress!) }
+                }
+            }
+        }
+
+        let model: Model<Float> = ToyMLP.make()
+        let d = 784
+        let in256: Inputs<Float> = ToyMLP.inputs(batch: 256)
+        let v256 = Tensor<Float>(shape: [256, d], scalars: in256.x.scalars.map { $0 * 0.5 })
+        let fwd256 = model.forwardFlops(batch: 256)
+        try time("toymlp_forward_b256", "forward", "forward", batch: 256, iterations: iterations, flops: fwd256) { _ = try model.forward(in256) }
+        // VJP w.r.t. x: forward + one input-cotangent GEMM per linear layer but the first's full width.
+        try time("toymlp_vjp_b256", "vjp", "reverse", batch: 256, iterations: iterations, flops: 2 * fwd256) {
+            _ = try model.vjp(in256, gradOutputs: v256)
+        }
+        try time("toymlp_jvp_b256", "jvp", "forward", batch: 256, iterations: iterations, flops: 2 * fwd256) {
+            _ = try model.jvp(in256, tangentX: v256, tangentT: nil)
+        }
+        for b in [3, 16] {
+            let inputs: Inputs<Float> = ToyMLP.inputs(batch: b)
+            for mode in [JacobianMode.reverse, .forward, .auto] {
+                let used = model.resolve(mode, batch: b, d: d, wantX: true, wantT: false)
+                let flops = model.forwardFlops(batch: b) + model.jacobianFlops(batch: b, d: d, wantX: true, wantT: false, mode: used)
+                try time("toymlp_jacobian_\(mode.rawValue)_b\(b)", "jacobian", mode == .auto ? "auto(\(used.rawValue))" : mode.rawValue, batch: b, iterations: iterations, flops: flops) {
+                    _ = try model.jacobian(inputs, mode: mode)
+                }
+            }
+        }
+        let in16: Inputs<Float> = ToyMLP.inputs(batch: 16)
+        try time("toymlp_divergence_exact_b16", "divergence", "exact", batch: 16, iterations: iterations, flops: nil) {
+            _ = try model.divergence(in16)
+        }
+        try time("toymlp_divergence_hutchinson_b16", "divergence", "hutchinson(16)", batch: 16, iterations: iterations, flops: nil) {
+            _ = try model.divergence(in16, method: .hutchinson(probes: 16, seed: 0))
+        }
+        let in3: Inputs<Float> = ToyMLP.inputs(batch: 3)
+        try time("toymlp_jacobian_rowloop_b3", "jacobian", "rowloop", batch: 3, iterations: rowLoopIterations, flops: nil) {
+            _ = try model.rowLoopJacobian(in3)
+        }
+        return BenchmarkReport(machine: machine, results: results)
+    }
+}

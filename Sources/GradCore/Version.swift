@@ -1,0 +1,5 @@
+/// The service version.
+public enum GradserveVersion {
+    /// Semantic version of this build.
+    public static let current = "0.1.0"
+}

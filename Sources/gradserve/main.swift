@@ -1,2 +1,0 @@
-import GradCore
-print(BLASRuntime.config)
