@@ -39,7 +39,9 @@ public enum ModelDecoder {
         }
         var dtype = DType.float32
         if let v = obj["dtype"] {
-            if case .string(let s) = v, let d = DType(rawValue: s) { dtype = d } else {
+            if case .string(let s) = v, let d = DType(rawValue: s) {
+                dtype = d
+            } else {
                 issues.append(FieldIssue(path: "\(path).dtype", message: "expected \"float32\" or \"float64\""))
             }
         }
@@ -93,7 +95,11 @@ public enum ModelDecoder {
         }
         var issues: [FieldIssue] = []
         for key in lobj.keys where key != "op" && !allowed.contains(key) {
-            issues.append(FieldIssue(path: "\(lp).\(key)", message: "unknown field for op \"\(op)\"" + (allowed.isEmpty ? " (it takes no parameters)" : " (it takes \(allowed.sorted().joined(separator: ", ")))")))
+            issues.append(
+                FieldIssue(
+                    path: "\(lp).\(key)",
+                    message: "unknown field for op \"\(op)\""
+                        + (allowed.isEmpty ? " (it takes no parameters)" : " (it takes \(allowed.sorted().joined(separator: ", ")))")))
         }
         func number(_ key: String, default d: Double) -> Double {
             guard let v = lobj[key] else { return d }
@@ -128,7 +134,9 @@ public enum ModelDecoder {
         case "gelu":
             var approx = GELUApproximation.none
             if let v = lobj["approximate"] {
-                if case .string(let s) = v, let a = GELUApproximation(rawValue: s) { approx = a } else {
+                if case .string(let s) = v, let a = GELUApproximation(rawValue: s) {
+                    approx = a
+                } else {
                     issues.append(FieldIssue(path: "\(lp).approximate", message: "expected \"none\" or \"tanh\""))
                 }
             }

@@ -65,7 +65,10 @@ public enum TensorDecoder {
         case nil: encoding = nil
         case .string(let s)? where s == "base64": encoding = s
         case let other?:
-            issues.append(FieldIssue(path: "\(path).encoding", message: "expected \"base64\", got \(other == .string("") ? "\"\"" : other.typeName == "a string" ? "\(other)" : other.typeName)"))
+            issues.append(
+                FieldIssue(
+                    path: "\(path).encoding",
+                    message: "expected \"base64\", got \(other == .string("") ? "\"\"" : other.typeName == "a string" ? "\(other)" : other.typeName)"))
             throw .invalid(issues)
         }
         if !issues.isEmpty { throw .invalid(issues) }
@@ -81,7 +84,8 @@ public enum TensorDecoder {
             }
             let expected = count * dtype.byteCount
             if bytes.count != expected {
-                throw .invalid("\(path).data", "expected \(expected) bytes (\(count) × \(dtype.rawValue) for shape \(Shape.describe(shape))), got \(bytes.count)")
+                throw .invalid(
+                    "\(path).data", "expected \(expected) bytes (\(count) × \(dtype.rawValue) for shape \(Shape.describe(shape))), got \(bytes.count)")
             }
             return try fromBytes(bytes, shape: shape, dtype: dtype, at: "\(path).data")
         case ("base64", let other?):
@@ -94,7 +98,10 @@ public enum TensorDecoder {
             let t = Tensor(shape: shape, scalars: values)
             return dtype == .float32 ? .float32(t.cast()) : .float64(t)
         case (nil, let other?):
-            throw .invalid("\(path).data", "expected a flat array of numbers (or set \"encoding\": \"base64\"), got \(other.typeName == "an array" ? "a nested or non-numeric array" : other.typeName)")
+            throw .invalid(
+                "\(path).data",
+                "expected a flat array of numbers (or set \"encoding\": \"base64\"), got \(other.typeName == "an array" ? "a nested or non-numeric array" : other.typeName)"
+            )
         default:
             throw .invalid("\(path).encoding", "unsupported")
         }

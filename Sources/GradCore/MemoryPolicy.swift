@@ -7,14 +7,14 @@ public enum MemoryPolicy {
     /// measured here, that alone made the B = 16 ToyMLP Jacobian (39 MB) take 39 ms instead of 17 ms.
     public static func keepLargeBlocks(upTo bytes: Int = 1 << 30) {
         #if os(Linux)
-        _ = glibcMallopt(-3, Int32(clamping: bytes))  // M_MMAP_THRESHOLD
-        _ = glibcMallopt(-1, Int32(clamping: 2 * bytes))  // M_TRIM_THRESHOLD
+            _ = glibcMallopt(-3, Int32(clamping: bytes))  // M_MMAP_THRESHOLD
+            _ = glibcMallopt(-1, Int32(clamping: 2 * bytes))  // M_TRIM_THRESHOLD
         #endif
     }
 }
 
 #if os(Linux)
-// `mallopt` lives in <malloc.h>, which the Glibc module does not export.
-@_silgen_name("mallopt")
-private func glibcMallopt(_ param: Int32, _ value: Int32) -> Int32
+    // `mallopt` lives in <malloc.h>, which the Glibc module does not export.
+    @_silgen_name("mallopt")
+    private func glibcMallopt(_ param: Int32, _ value: Int32) -> Int32
 #endif

@@ -68,12 +68,13 @@ struct DerivativeTests {
 
     func adjointCheck<S: BLASScalar>(_ act: String, t: Bool, dtype: String, _: S.Type, tol: Double) throws {
         let any = try model(Self.modelJSON(act, t: t, dtype: dtype))
-        let m: Model<S> = try #require({ () -> Model<S>? in
-            switch any {
-            case .float32(let m): m as? Model<S>
-            case .float64(let m): m as? Model<S>
-            }
-        }())
+        let m: Model<S> = try #require(
+            { () -> Model<S>? in
+                switch any {
+                case .float32(let m): m as? Model<S>
+                case .float64(let m): m as? Model<S>
+                }
+            }())
         var rng = TestRNG(5)
         let b = 4
         let k = 3

@@ -17,10 +17,19 @@ struct ModelValidationTests {
         (#"{"layers": [{"op": "linear", "weight": [[1, 2]]}, {"op": "relu"}, {"op": "linear", "weight": [[1, 2]]}]}"#, "model.layers[2].weight"),
         (#"{"layers": [{"op": "linear", "weight": "missing"}]}"#, "model.layers[0].weight"),
         (#"{"layers": [{"op": "linear", "weight": "w"}], "weights": {"w": [[1]], "extra": [1]}}"#, "model.weights.extra"),
-        (#"{"layers": [{"op": "linear", "weight": {"shape": [100000, 100000], "dtype": "float32", "encoding": "base64", "data": ""}}]}"#, "model.layers[0].weight.shape"),
+        (
+            #"{"layers": [{"op": "linear", "weight": {"shape": [100000, 100000], "dtype": "float32", "encoding": "base64", "data": ""}}]}"#,
+            "model.layers[0].weight.shape"
+        ),
         (#"{"layers": [{"op": "linear", "weight": {"shape": [9223372036854775807, 4], "data": [1]}}]}"#, "model.layers[0].weight.shape[0]"),
-        (#"{"layers": [{"op": "linear", "weight": {"shape": [2, 2], "dtype": "float32", "encoding": "base64", "data": "AAAA"}}]}"#, "model.layers[0].weight.data"),
-        (#"{"layers": [{"op": "linear", "weight": {"shape": [1, 1], "dtype": "float32", "encoding": "base64", "data": "AADAfw=="}}]}"#, "model.layers[0].weight.data"),
+        (
+            #"{"layers": [{"op": "linear", "weight": {"shape": [2, 2], "dtype": "float32", "encoding": "base64", "data": "AAAA"}}]}"#,
+            "model.layers[0].weight.data"
+        ),
+        (
+            #"{"layers": [{"op": "linear", "weight": {"shape": [1, 1], "dtype": "float32", "encoding": "base64", "data": "AADAfw=="}}]}"#,
+            "model.layers[0].weight.data"
+        ),
         (#"{"layers": [{"op": "linear", "weight": {"shape": [-1, 2], "data": [1]}}]}"#, "model.layers[0].weight.shape[0]"),
         (#"{"layers": [{"op": "relu"}], "dtype": "float16"}"#, "model.dtype"),
         (#"{"layers": [{"op": "relu"}], "inputs": ["x", "y"]}"#, "model.inputs"),
@@ -55,7 +64,9 @@ struct ModelValidationTests {
 
     @Test("inputs are checked against the model")
     func inputs() throws {
-        guard case .float64(let m) = try model(#"{"dtype": "float64", "inputs": ["x", "t"], "layers": [{"op": "linear", "weight": [[1, 2, 3]]}]}"#) else { fatalError() }
+        guard case .float64(let m) = try model(#"{"dtype": "float64", "inputs": ["x", "t"], "layers": [{"op": "linear", "weight": [[1, 2, 3]]}]}"#) else {
+            fatalError()
+        }
         #expect(throws: GradError.invalid("inputs.x", "expected [1, 2] (D = 2 features), got [1, 3]")) {
             try m.forward(Inputs(x: Tensor(zeros: [1, 3]), t: Tensor(zeros: [1])))
         }
@@ -63,7 +74,9 @@ struct ModelValidationTests {
             try m.forward(Inputs(x: Tensor(zeros: [1, 2])))
         }
         #expect(throws: GradError.self) { try m.vjp(Inputs(x: Tensor(zeros: [2, 2]), t: Tensor(zeros: [2])), gradOutputs: Tensor(zeros: [2, 2])) }
-        #expect(throws: GradError.self) { try m.jvp(Inputs(x: Tensor(zeros: [2, 2]), t: Tensor(zeros: [2])), tangentX: Tensor(zeros: [3, 2, 2]), tangentT: Tensor(zeros: [2])) }
+        #expect(throws: GradError.self) {
+            try m.jvp(Inputs(x: Tensor(zeros: [2, 2]), t: Tensor(zeros: [2])), tangentX: Tensor(zeros: [3, 2, 2]), tangentT: Tensor(zeros: [2]))
+        }
         guard case .float64(let noT) = try model(#"{"dtype": "float64", "layers": [{"op": "relu"}]}"#) else { fatalError() }
         #expect(throws: GradError.self) { try noT.vjp(Inputs(x: Tensor(zeros: [1, 2])), gradOutputs: Tensor(zeros: [1, 2]), wrt: [.t]) }
         #expect(throws: GradError.self) { try noT.jacobian(Inputs(x: Tensor(zeros: [1, 2])), wrt: [.t]) }

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The machine a report was measured on.
@@ -30,7 +30,8 @@ public struct MachineInfo: Sendable, Codable, Equatable {
     public static func current(measurePeak: Bool = true) -> MachineInfo {
         MachineInfo(
             cpu: cpuModel(), cores: BLASRuntime.processors,
-            blas: BLASInfo(library: "OpenBLAS", version: BLASRuntime.version, core: BLASRuntime.coreName, threads: BLASRuntime.threads, config: BLASRuntime.config),
+            blas: BLASInfo(
+                library: "OpenBLAS", version: BLASRuntime.version, core: BLASRuntime.coreName, threads: BLASRuntime.threads, config: BLASRuntime.config),
             peakGFLOPs: measurePeak ? measuredPeak() : 0)
     }
 
@@ -60,7 +61,9 @@ public struct MachineInfo: Sendable, Codable, Equatable {
             a.withUnsafeBufferPointer { ap in
                 b.withUnsafeBufferPointer { bp in
                     c.withUnsafeMutableBufferPointer { cp in
-                        BLAS.gemm(MatrixView(ap.baseAddress!, rows: n, cols: n), MatrixView(bp.baseAddress!, rows: n, cols: n), into: MutableMatrixView(cp.baseAddress!, rows: n, cols: n))
+                        BLAS.gemm(
+                            MatrixView(ap.baseAddress!, rows: n, cols: n), MatrixView(bp.baseAddress!, rows: n, cols: n),
+                            into: MutableMatrixView(cp.baseAddress!, rows: n, cols: n))
                     }
                 }
             }

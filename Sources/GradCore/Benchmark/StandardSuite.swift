@@ -31,9 +31,10 @@ public struct StandardSuite: Sendable {
         let peak = machine.peakGFLOPs > 0 ? machine.peakGFLOPs : nil
         func time(_ name: String, _ op: String, _ method: String, batch: Int, iterations: Int, flops: Double?, _ body: () throws -> Void) rethrows {
             guard wanted(name) else { return }
-            results.append(try Stopwatch.measure(
-                name: name, operation: op, method: method, batch: batch, iterations: iterations,
-                warmup: iterations > 3 ? 3 : 1, maxSeconds: maxSecondsPerWorkload, flops: flops, peakGFLOPs: peak, body))
+            results.append(
+                try Stopwatch.measure(
+                    name: name, operation: op, method: method, batch: batch, iterations: iterations,
+                    warmup: iterations > 3 ? 3 : 1, maxSeconds: maxSecondsPerWorkload, flops: flops, peakGFLOPs: peak, body))
         }
 
         if wanted("seed_linear") {
@@ -69,7 +70,10 @@ public struct StandardSuite: Sendable {
             for mode in [JacobianMode.reverse, .forward, .auto] {
                 let used = model.resolve(mode, batch: b, d: d, wantX: true, wantT: false)
                 let flops = model.forwardFlops(batch: b) + model.jacobianFlops(batch: b, d: d, wantX: true, wantT: false, mode: used)
-                try time("toymlp_jacobian_\(mode.rawValue)_b\(b)", "jacobian", mode == .auto ? "auto(\(used.rawValue))" : mode.rawValue, batch: b, iterations: iterations, flops: flops) {
+                try time(
+                    "toymlp_jacobian_\(mode.rawValue)_b\(b)", "jacobian", mode == .auto ? "auto(\(used.rawValue))" : mode.rawValue, batch: b,
+                    iterations: iterations, flops: flops
+                ) {
                     _ = try model.jacobian(inputs, mode: mode)
                 }
             }

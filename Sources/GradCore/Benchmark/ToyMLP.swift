@@ -7,16 +7,20 @@ public enum ToyMLP {
         var rng = SplitMix64(seed: seed)
         func uniform(_ shape: [Int], fanIn: Int) -> Tensor<S> {
             let bound = 1 / Double(fanIn).squareRoot()
-            return Tensor(shape: shape, scalars: (0..<shape.reduce(1, *)).map { _ in
-                S((Double(rng.next() >> 11) / Double(1 << 53) * 2 - 1) * bound)
-            })
+            return Tensor(
+                shape: shape,
+                scalars: (0..<shape.reduce(1, *)).map { _ in
+                    S((Double(rng.next() >> 11) / Double(1 << 53) * 2 - 1) * bound)
+                })
         }
         var layers: [Layer<S>] = []
         var index = 0
         func linear(_ inF: Int, _ outF: Int) {
-            layers.append(.linear(Linear(
-                weight: uniform([outF, inF], fanIn: inF), bias: uniform([outF], fanIn: inF),
-                weightName: "net.\(index).weight", biasName: "net.\(index).bias")))
+            layers.append(
+                .linear(
+                    Linear(
+                        weight: uniform([outF, inF], fanIn: inF), bias: uniform([outF], fanIn: inF),
+                        weightName: "net.\(index).weight", biasName: "net.\(index).bias")))
             index += 2
         }
         linear(d + 1, width)

@@ -73,13 +73,23 @@ public enum ModelBuilder {
                 let w = wSpec.tensor.cast(to: S.self)
                 var ok = true
                 if w.rank != 2 || w.shape.contains(where: { $0 < 1 }) {
-                    issues.append(FieldIssue(path: "\(path).weight", message: "expected a 2-D [out, in] tensor with non-zero extents, got shape \(Shape.describe(w.shape))"))
+                    issues.append(
+                        FieldIssue(
+                            path: "\(path).weight", message: "expected a 2-D [out, in] tensor with non-zero extents, got shape \(Shape.describe(w.shape))"))
                     ok = false
                 } else if let width, w.shape[1] != width {
-                    issues.append(FieldIssue(path: "\(path).weight", message: "expected \(Shape.describe([w.shape[0], width])) (\(width) input features from \(widthSource)), got \(Shape.describe(w.shape))"))
+                    issues.append(
+                        FieldIssue(
+                            path: "\(path).weight",
+                            message:
+                                "expected \(Shape.describe([w.shape[0], width])) (\(width) input features from \(widthSource)), got \(Shape.describe(w.shape))")
+                    )
                     ok = false
                 } else if width == nil, hasT, w.shape[1] < 2 {
-                    issues.append(FieldIssue(path: "\(path).weight", message: "with inputs [\"x\", \"t\"] the first linear layer takes D + 1 ≥ 2 inputs, got shape \(Shape.describe(w.shape))"))
+                    issues.append(
+                        FieldIssue(
+                            path: "\(path).weight",
+                            message: "with inputs [\"x\", \"t\"] the first linear layer takes D + 1 ≥ 2 inputs, got shape \(Shape.describe(w.shape))"))
                     ok = false
                 }
                 if let bad = firstNonFinite(w.scalars) {
@@ -102,7 +112,10 @@ public enum ModelBuilder {
                 for (p, name, shape) in [("weight", wSpec.name, w.shape), ("bias", bSpec?.name, bSpec?.tensor.shape ?? [])] {
                     guard let name else { continue }
                     if let prior = sharedShapes[name], prior != shape {
-                        issues.append(FieldIssue(path: "\(path).\(p)", message: "weights entry \"\(name)\" is used with shapes \(Shape.describe(prior)) and \(Shape.describe(shape))"))
+                        issues.append(
+                            FieldIssue(
+                                path: "\(path).\(p)",
+                                message: "weights entry \"\(name)\" is used with shapes \(Shape.describe(prior)) and \(Shape.describe(shape))"))
                         ok = false
                     }
                     sharedShapes[name] = shape
@@ -113,10 +126,12 @@ public enum ModelBuilder {
                     widthSource = "\(path) (out = \(w.shape[0]))"
                 }
                 if ok {
-                    layers.append(.linear(Linear(
-                        weight: w, bias: bias,
-                        weightName: wSpec.name ?? "layers.\(i).weight",
-                        biasName: bSpec.map { $0.name ?? "layers.\(i).bias" })))
+                    layers.append(
+                        .linear(
+                            Linear(
+                                weight: w, bias: bias,
+                                weightName: wSpec.name ?? "layers.\(i).weight",
+                                biasName: bSpec.map { $0.name ?? "layers.\(i).bias" })))
                 }
             }
         }

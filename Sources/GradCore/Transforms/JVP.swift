@@ -23,17 +23,30 @@ extension Model {
         var kx: Int? = nil
         var kt: Int? = nil
         if let u = tangentX {
-            if u.shape == [b, d] { kx = 0 } else if u.rank == 3, u.shape[1] == b, u.shape[2] == d, u.shape[0] >= 1 { kx = u.shape[0] } else {
+            if u.shape == [b, d] {
+                kx = 0
+            } else if u.rank == 3, u.shape[1] == b, u.shape[2] == d, u.shape[0] >= 1 {
+                kx = u.shape[0]
+            } else {
                 issues.append(FieldIssue(path: "tangents.x", message: "expected [\(b), \(d)] or [K, \(b), \(d)] like inputs.x, got \(Shape.describe(u.shape))"))
             }
         }
         if let u = tangentT {
-            if u.shape == [b] { kt = 0 } else if u.rank == 2, u.shape[1] == b, u.shape[0] >= 1 { kt = u.shape[0] } else {
+            if u.shape == [b] {
+                kt = 0
+            } else if u.rank == 2, u.shape[1] == b, u.shape[0] >= 1 {
+                kt = u.shape[0]
+            } else {
                 issues.append(FieldIssue(path: "tangents.t", message: "expected [\(b)] or [K, \(b)] like inputs.t, got \(Shape.describe(u.shape))"))
             }
         }
         if let kx, let kt, kx != kt {
-            issues.append(FieldIssue(path: "tangents", message: "tangents.x and tangents.t must agree on K (unbatched or the same leading K), got \(Shape.describe(tangentX!.shape)) and \(Shape.describe(tangentT!.shape))"))
+            issues.append(
+                FieldIssue(
+                    path: "tangents",
+                    message:
+                        "tangents.x and tangents.t must agree on K (unbatched or the same leading K), got \(Shape.describe(tangentX!.shape)) and \(Shape.describe(tangentT!.shape))"
+                ))
         }
         if !issues.isEmpty { throw .invalid(issues) }
         let kLead = max(kx ?? 0, kt ?? 0)

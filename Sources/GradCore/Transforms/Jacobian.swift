@@ -140,7 +140,9 @@ extension Model {
                         let wv = MatrixView(w.baseAddress!, rows: dOut, cols: width)
                         if wantX {
                             jx!.withUnsafeMutableBufferPointer { j in
-                                BLAS.gemm(wv, MatrixView(ub, rows: d, cols: width), transposeB: true, into: MutableMatrixView(j.baseAddress! + bb * dOut * d, rows: dOut, cols: d))
+                                BLAS.gemm(
+                                    wv, MatrixView(ub, rows: d, cols: width), transposeB: true,
+                                    into: MutableMatrixView(j.baseAddress! + bb * dOut * d, rows: dOut, cols: d))
                             }
                         }
                         if wantT {

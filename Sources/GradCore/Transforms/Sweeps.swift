@@ -81,7 +81,8 @@ extension Model {
         let gt = [S](unsafeUninitializedCapacity: rows) { out, n in
             g.withUnsafeBufferPointer { gp in
                 lin.weight.scalars.withUnsafeBufferPointer { w in
-                    BLAS.gemv(MatrixView(gp.baseAddress!, rows: rows, cols: lin.outFeatures), x: w.baseAddress! + d, xStride: lin.inFeatures, into: out.baseAddress!)
+                    BLAS.gemv(
+                        MatrixView(gp.baseAddress!, rows: rows, cols: lin.outFeatures), x: w.baseAddress! + d, xStride: lin.inFeatures, into: out.baseAddress!)
                 }
             }
             n = rows
@@ -106,14 +107,17 @@ extension Model {
                     params!.accumulate(lin.weightName, shape: lin.weight.shape) { dst in
                         for kk in 0..<k {
                             let (s, st) = block(kk)
-                            lin.vjpParameters(gp.baseAddress! + s, gyStride: st, samples: b, input: xp.baseAddress!, weightGrad: dst + kk * lin.weight.count, biasGrad: nil, ones: op.baseAddress!)
+                            lin.vjpParameters(
+                                gp.baseAddress! + s, gyStride: st, samples: b, input: xp.baseAddress!, weightGrad: dst + kk * lin.weight.count, biasGrad: nil,
+                                ones: op.baseAddress!)
                         }
                     }
                     if let name = lin.biasName {
                         params!.accumulate(name, shape: [out]) { dst in
                             for kk in 0..<k {
                                 let (s, st) = block(kk)
-                                BLAS.gemv(MatrixView(gp.baseAddress! + s, rows: b, cols: out, stride: st), transpose: true, x: op.baseAddress!, into: dst + kk * out)
+                                BLAS.gemv(
+                                    MatrixView(gp.baseAddress! + s, rows: b, cols: out, stride: st), transpose: true, x: op.baseAddress!, into: dst + kk * out)
                             }
                         }
                     }
@@ -131,7 +135,9 @@ extension Model {
                 if let dv = trace.derivatives[l] {
                     let w = trace.widths[l]
                     u.withUnsafeMutableBufferPointer { up in
-                        dv.withUnsafeBufferPointer { Elementwise.scale(up.baseAddress!, rows: rows, width: w, by: $0.baseAddress!, samples: trace.batch, order: order) }
+                        dv.withUnsafeBufferPointer {
+                            Elementwise.scale(up.baseAddress!, rows: rows, width: w, by: $0.baseAddress!, samples: trace.batch, order: order)
+                        }
                     }
                 }
             case .linear(let lin):

@@ -1,0 +1,46 @@
+# Shared set-up steps for scripts/serve.sh and scripts/test.sh (sourced, not run).
+# Each step installs only what is missing, so a second run costs nothing.
+
+GRADSERVE_VENV="${GRADSERVE_VENV:-$HOME/.cache/gradserve/venv}"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+apt_install() {
+    if [ "$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi
+    if [ -z "${APT_UPDATED:-}" ]; then
+        $SUDO apt-get update -qq
+        APT_UPDATED=1
+    fi
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+# OpenBLAS headers and pkg-config entry (the COpenBLAS system-library target needs both).
+ensure_openblas() {
+    if command -v pkg-config >/dev/null 2>&1 && pkg-config --exists openblas; then return; fi
+    log "installing libopenblas-dev and pkg-config (apt)"
+    apt_install libopenblas-dev pkg-config
+}
+
+# The Swift toolchain must already be on PATH (swift.org install or the swift Docker image).
+ensure_swift() {
+    if ! command -v swift >/dev/null 2>&1; then
+        echo "swift is not on PATH: install Swift 6.1 or later (https://www.swift.org/install/)" >&2
+        exit 1
+    fi
+}
+
+# A cached virtual environment outside the repo with PyTorch (CPU use) for reference checks.
+ensure_venv() {
+    if [ -x "$GRADSERVE_VENV/bin/python" ] && "$GRADSERVE_VENV/bin/python" -c 'import torch, numpy, pytest, requests' 2>/dev/null; then
+        return
+    fi
+    if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+        log "installing python3-venv (apt)"
+        apt_install python3 python3-venv python3-pip
+    fi
+    log "creating $GRADSERVE_VENV with numpy, torch, pytest, requests (once; PyTorch is large)"
+    mkdir -p "$(dirname "$GRADSERVE_VENV")"
+    python3 -m venv "$GRADSERVE_VENV"
+    "$GRADSERVE_VENV/bin/pip" install -q --upgrade pip
+    "$GRADSERVE_VENV/bin/pip" install -q numpy torch pytest requests
+}
