@@ -5,6 +5,7 @@ struct ELURule: ElementwiseRule {
     func evaluate<S: BLASScalar>(_ z: S) -> (value: S, derivative: S) {
         if z > 0 { return (z, 1) }
         let a = S(alpha)
-        return (a * S.expMinusOne(z), a * S.exp(z))
+        let e = fastExp(z)
+        return (a * (S.self == Float.self ? e - 1 : S.expMinusOne(z)), a * e)
     }
 }

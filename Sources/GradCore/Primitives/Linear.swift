@@ -44,6 +44,36 @@ public struct Linear<S: BLASScalar>: Sendable, Equatable {
         }
     }
 
+    /// Forward of a first layer on `[x | t]` without building it: `x W[:, :D]ᵀ + t W[:, D]ᵀ + b`.
+    /// Also the JVP rule of `linear ∘ concat` (with `bias: false`, a missing t tangent being zero).
+    func forwardSplit(x: [S], t: [S]?, rows: Int, bias useBias: Bool = true) -> [S] {
+        let out = outFeatures
+        let d = inFeatures - 1
+        return [S](unsafeUninitializedCapacity: rows * out) { y, n in
+            let yp = y.baseAddress!
+            if useBias, let bias {
+                bias.scalars.withUnsafeBufferPointer { b in
+                    for r in 0..<rows { (yp + r * out).initialize(from: b.baseAddress!, count: out) }
+                }
+            } else {
+                yp.initialize(repeating: 0, count: rows * out)
+            }
+            weight.scalars.withUnsafeBufferPointer { w in
+                x.withUnsafeBufferPointer { xp in
+                    BLAS.gemm(
+                        MatrixView(xp.baseAddress!, rows: rows, cols: d), MatrixView(w.baseAddress!, rows: out, cols: d, stride: inFeatures),
+                        transposeB: true, into: MutableMatrixView(yp, rows: rows, cols: out), beta: 1)
+                }
+                t?.withUnsafeBufferPointer { tp in
+                    BLAS.gemm(
+                        MatrixView(tp.baseAddress!, rows: rows, cols: 1), MatrixView(w.baseAddress! + d, rows: out, cols: 1, stride: inFeatures),
+                        transposeB: true, into: MutableMatrixView(yp, rows: rows, cols: out), beta: 1)
+                }
+            }
+            n = rows * out
+        }
+    }
+
     /// JVP rule: `Ẏ = Ẋ Wᵀ` (the bias is constant). `columns` selects input columns `lo..<hi`
     /// of W when the tangent only spans part of the input.
     func jvp(_ tx: MatrixView<S>, into ty: UnsafeMutablePointer<S>, columns: Range<Int>? = nil) {

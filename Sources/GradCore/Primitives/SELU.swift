@@ -7,6 +7,7 @@ struct SELURule: ElementwiseRule {
         let scale = S(Self.scale)
         if z > 0 { return (scale * z, scale) }
         let sa = S(Self.scale * Self.alpha)
-        return (sa * S.expMinusOne(z), sa * S.exp(z))
+        let e = fastExp(z)
+        return (sa * (S.self == Float.self ? e - 1 : S.expMinusOne(z)), sa * e)
     }
 }

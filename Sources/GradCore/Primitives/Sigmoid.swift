@@ -9,8 +9,9 @@ struct SigmoidRule: ElementwiseRule {
     /// Logistic function without overflow for large |z|.
     @inline(__always)
     static func sigmoid<S: BLASScalar>(_ z: S) -> S {
-        if z >= 0 { return 1 / (1 + S.exp(-z)) }
-        let e = S.exp(z)
-        return e / (1 + e)
+        // e^{-|z|} never overflows; both branches are selects, so the loop vectorizes.
+        let e = fastExp(-Swift.abs(z))
+        let s = 1 / (1 + e)
+        return z >= 0 ? s : e * s
     }
 }

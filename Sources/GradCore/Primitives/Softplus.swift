@@ -9,7 +9,7 @@ struct SoftplusRule: ElementwiseRule {
         let bz = b * z
         if bz > S(threshold) { return (z, 1) }
         // log1p(e^{bz}) written so that it cannot overflow when the threshold is large.
-        let value = (Swift.max(bz, 0) + S.log(onePlus: S.exp(-Swift.abs(bz)))) / b
+        let value = (Swift.max(bz, 0) + S.log(onePlus: fastExp(-Swift.abs(bz)))) / b
         return (value, SigmoidRule.sigmoid(bz))
     }
 }

@@ -10,7 +10,7 @@ struct ForwardTrace<S: BLASScalar> {
     let layerInputs: [[S]]
     /// `σ'(z)` of activation layer l (`[B, widths[l]]`); nil for linear and identity layers.
     let derivatives: [[S]?]
-    /// The model output `[B, D']`.
+    /// The model output `[B, D']`; empty when the trace was taken without outputs.
     let output: [S]
 
     var outputWidth: Int { widths[widths.count - 1] }
@@ -18,26 +18,53 @@ struct ForwardTrace<S: BLASScalar> {
 
 extension Model {
     /// Runs the model on `inputs`, keeping derivatives when a sweep will follow.
-    func trace(_ inputs: Inputs<S>, derivatives wantDerivatives: Bool) -> ForwardTrace<S> {
+    ///
+    /// With `outputs: false` a final linear layer is not evaluated: no sweep needs its output
+    /// (its VJP and JVP rules use only its input and weight), which saves a quarter of the
+    /// ToyMLP's forward GEMM work when the caller asked for derivatives only.
+    ///
+    /// Unless `concatenatedInput` is asked for (parameter gradients of the first layer need it), a
+    /// first linear layer reads x and t in place: `x W[:, :D]ᵀ + t W[:, D]ᵀ + b`, two GEMMs and no
+    /// `[B, D+1]` copy.
+    func trace(
+        _ inputs: Inputs<S>, derivatives wantDerivatives: Bool, outputs wantOutputs: Bool = true, concatenatedInput: Bool = false
+    ) -> ForwardTrace<S> {
         let b = inputs.batch
         let d = inputs.width
         let widths = self.widths(d: d)
-        var h: [S] = inputs.x.scalars.withUnsafeBufferPointer { x in
+        if !concatenatedInput, hasT, let t = inputs.t, case .linear(let first) = layers[0], layers.count > 1 || wantOutputs {
+            let y = first.forwardSplit(x: inputs.x.scalars, t: t.scalars, rows: b)
+            return trace(from: 1, h: y, firstInput: [], batch: b, d: d, widths: widths, derivatives: wantDerivatives, outputs: wantOutputs)
+        }
+        let h: [S] = inputs.x.scalars.withUnsafeBufferPointer { x in
             if let t = inputs.t {
                 return t.scalars.withUnsafeBufferPointer { Concat.forward(x: x.baseAddress!, t: $0.baseAddress!, rows: b, width: d) }
             }
             return Concat.forward(x: x.baseAddress!, t: nil, rows: b, width: d)
         }
-        var layerInputs: [[S]] = []
-        var derivatives: [[S]?] = []
+        return trace(from: 0, h: h, firstInput: nil, batch: b, d: d, widths: widths, derivatives: wantDerivatives, outputs: wantOutputs)
+    }
+
+    /// Runs layers `from...` on `h`; `firstInput` stands for the input of layer 0 when it was skipped.
+    private func trace(
+        from start: Int, h initial: [S], firstInput: [S]?, batch b: Int, d: Int, widths: [Int], derivatives wantDerivatives: Bool,
+        outputs wantOutputs: Bool
+    ) -> ForwardTrace<S> {
+        var h = initial
+        var layerInputs: [[S]] = firstInput.map { [$0] } ?? []
+        var derivatives: [[S]?] = firstInput == nil ? [] : [nil]
         layerInputs.reserveCapacity(layers.count)
         derivatives.reserveCapacity(layers.count)
-        for (l, layer) in layers.enumerated() {
+        for (l, layer) in layers.enumerated() where l >= start {
             layerInputs.append(h)
             let n = b * widths[l + 1]
             switch layer {
             case .linear(let lin):
                 derivatives.append(nil)
+                if !wantOutputs, l == layers.count - 1 {
+                    h = []
+                    break
+                }
                 h = [S](unsafeUninitializedCapacity: n) { y, count in
                     h.withUnsafeBufferPointer { lin.forward($0.baseAddress!, rows: b, into: y.baseAddress!) }
                     count = n

@@ -1,7 +1,7 @@
 /// The answer of a JVP: outputs and `J u`.
 public struct JVPResult<S: BLASScalar>: Sendable {
-    /// `[B, D']`.
-    public var outputs: Tensor<S>
+    /// `[B, D']`, unless outputs were not asked for.
+    public var outputs: Tensor<S>?
     /// `[B, D']`, or `[K, B, D']` for K-batched tangents.
     public var jvp: Tensor<S>
 }
@@ -12,7 +12,10 @@ extension Model {
     /// - Parameters:
     ///   - tangentX: `[B, D]` or `[K, B, D]`; nil counts as zero.
     ///   - tangentT: `[B]` or `[K, B]`; nil counts as zero. When both are given their K must agree.
-    public func jvp(_ inputs: Inputs<S>, tangentX: Tensor<S>?, tangentT: Tensor<S>?) throws(GradError) -> JVPResult<S> {
+    ///   - returnOutputs: whether to return `f(x, t)` too (skipping it saves the last layer's forward).
+    public func jvp(
+        _ inputs: Inputs<S>, tangentX: Tensor<S>?, tangentT: Tensor<S>?, returnOutputs: Bool = true
+    ) throws(GradError) -> JVPResult<S> {
         try validate(inputs)
         let b = inputs.batch
         let d = inputs.width
@@ -52,14 +55,21 @@ extension Model {
         let kLead = max(kx ?? 0, kt ?? 0)
         let k = max(kLead, 1)
         let rows = k * b
-        let tr = trace(inputs, derivatives: true)
-        let seed: [S] = withOptionalPointer(tangentX?.scalars) { ux in
-            withOptionalPointer(tangentT?.scalars) { ut in Concat.jvp(x: ux, t: ut, rows: rows, width: d, hasT: hasT) }
+        let tr = trace(inputs, derivatives: true, outputs: returnOutputs)
+        let out: [S]
+        if hasT, let ux = tangentX, case .linear(let first) = layers[0] {
+            // linear ∘ concat fused: no [K·B, D+1] tangent copy.
+            let u1 = first.forwardSplit(x: ux.scalars, t: tangentT?.scalars, rows: rows, bias: false)
+            out = forwardSweep(tangents: u1, rows: rows, order: .kMajor, trace: tr, from: 1, to: layers.count)
+        } else {
+            let seed: [S] = withOptionalPointer(tangentX?.scalars) { ux in
+                withOptionalPointer(tangentT?.scalars) { ut in Concat.jvp(x: ux, t: ut, rows: rows, width: d, hasT: hasT) }
+            }
+            out = forwardSweep(tangents: seed, rows: rows, order: .kMajor, trace: tr, from: 0, to: layers.count)
         }
-        let out = forwardSweep(tangents: seed, rows: rows, order: .kMajor, trace: tr, from: 0, to: layers.count)
         let dOut = tr.outputWidth
         return JVPResult(
-            outputs: Tensor(shape: [b, dOut], scalars: tr.output),
+            outputs: returnOutputs ? Tensor(shape: [b, dOut], scalars: tr.output) : nil,
             jvp: Tensor(shape: (kLead > 0 ? [kLead] : []) + [b, dOut], scalars: out))
     }
 }

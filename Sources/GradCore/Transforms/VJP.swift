@@ -7,8 +7,8 @@ public enum GradTarget: String, Sendable, CaseIterable, Hashable {
 
 /// The answer of a VJP: outputs and the requested gradients.
 public struct VJPResult<S: BLASScalar>: Sendable {
-    /// `[B, D']`.
-    public var outputs: Tensor<S>
+    /// `[B, D']`, unless outputs were not asked for.
+    public var outputs: Tensor<S>?
     /// `[B, D]` (or `[K, B, D]` when K-batched), when x was asked for.
     public var x: Tensor<S>?
     /// `[B]` (or `[K, B]`), when t was asked for.
@@ -23,8 +23,10 @@ extension Model {
     /// - Parameters:
     ///   - gradOutputs: `[B, D']`, or `[K, B, D']` with `isGradsBatched`; all K go through one sweep.
     ///   - wrt: the gradients to return.
+    ///   - returnOutputs: whether to return `f(x, t)` too (skipping it saves the last layer's forward).
     public func vjp(
-        _ inputs: Inputs<S>, gradOutputs v: Tensor<S>, isGradsBatched: Bool = false, wrt: Set<GradTarget> = [.x]
+        _ inputs: Inputs<S>, gradOutputs v: Tensor<S>, isGradsBatched: Bool = false, wrt: Set<GradTarget> = [.x],
+        returnOutputs: Bool = true
     ) throws(GradError) -> VJPResult<S> {
         try validate(inputs)
         if wrt.contains(.t), !hasT {
@@ -38,12 +40,12 @@ extension Model {
             throw .invalid("grad_outputs", "expected shape \(want) to match outputs [\(b), \(dOut)], got \(Shape.describe(v.shape))")
         }
         let k = isGradsBatched ? v.shape[0] : 1
-        let tr = trace(inputs, derivatives: true)
+        let tr = trace(inputs, derivatives: true, outputs: returnOutputs, concatenatedInput: wrt.contains(.params))
         var params: ParameterGradients<S>? = wrt.contains(.params) ? ParameterGradients(k: k) : nil
         let wantInput = wrt.contains(.x) || wrt.contains(.t)
         let g = reverseSweep(seed: v.scalars, rows: k * b, order: .kMajor, trace: tr, top: layers.count, wantInput: wantInput, params: &params)
         let lead = isGradsBatched ? [k] : []
-        var result = VJPResult(outputs: Tensor(shape: [b, dOut], scalars: tr.output), x: nil, t: nil, params: [])
+        var result = VJPResult<S>(outputs: returnOutputs ? Tensor(shape: [b, dOut], scalars: tr.output) : nil, x: nil, t: nil, params: [])
         if wrt.contains(.x), let g { result.x = Tensor(shape: lead + [b, inputs.width], scalars: g.x) }
         if wrt.contains(.t), let gt = g?.t { result.t = Tensor(shape: lead + [b], scalars: gt) }
         if let params {
