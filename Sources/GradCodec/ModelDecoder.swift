@@ -9,8 +9,9 @@ public enum ModelDecoder {
     ]
 
     /// Decodes and validates the model object at `path` (e.g. `model`); every problem is reported with its full path.
-    public static func decode(_ value: JSONValue, at path: String = "model") throws(GradError) -> AnyModel {
-        let spec = try decodeSpec(value, at: path)
+    /// `binaryWeights` are named tensors from a binary body, merged into `weights`.
+    public static func decode(_ value: JSONValue, at path: String = "model", binaryWeights: [String: AnyTensor] = [:]) throws(GradError) -> AnyModel {
+        let spec = try decodeSpec(value, at: path, binaryWeights: binaryWeights)
         do {
             return try ModelBuilder.build(spec)
         } catch .invalid(let issues) {
@@ -21,7 +22,7 @@ public enum ModelDecoder {
     }
 
     /// Decodes the JSON into a ``ModelSpec`` (types, names and tensors), leaving shapes to ``ModelBuilder``.
-    public static func decodeSpec(_ value: JSONValue, at path: String) throws(GradError) -> ModelSpec {
+    public static func decodeSpec(_ value: JSONValue, at path: String, binaryWeights: [String: AnyTensor] = [:]) throws(GradError) -> ModelSpec {
         guard case .object(let obj) = value else {
             throw .invalid(path, "expected a model object (or a registered model id string), got \(value.typeName)")
         }
@@ -46,7 +47,7 @@ public enum ModelDecoder {
             }
         }
         // Named weights.
-        var named: [String: AnyTensor] = [:]
+        var named: [String: AnyTensor] = binaryWeights
         if let w = obj["weights"] {
             if case .object(let wobj) = w {
                 for (name, tv) in wobj.entries {

@@ -1,13 +1,62 @@
 import ArgumentParser
 import Foundation
 import GradCore
+import GradServer
+import Hummingbird
+import Metrics
+import Prometheus
 
 @main
-struct GradserveCommand: ParsableCommand {
+struct GradserveCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gradserve",
         abstract: "Derivatives of neural networks as a service: VJPs, JVPs, Jacobians and divergences on OpenBLAS.",
-        subcommands: [BenchCommand.self, VersionCommand.self])
+        subcommands: [ServeCommand.self, BenchCommand.self, VersionCommand.self])
+}
+
+struct ServeCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "serve", abstract: "Run the HTTP service.")
+
+    @Option(help: "Interface to bind (0.0.0.0 for every interface).") var host = "127.0.0.1"
+    @Option(help: "Port to listen on.") var port = 8080
+    @Option(help: "Directory where registered models persist.") var dataDir = "./data"
+    @Option(help: "Bearer token required on /v1/* (default: $GRADSERVE_API_KEY; none when unset).") var apiKey: String?
+    @Option(help: "Largest request body in bytes.") var maxBodyBytes = 256 << 20
+    @Option(help: "Largest answer in numbers (refused with 422 before computing).") var maxOutputElements = 1 << 24
+    @Option(help: "Requests computed at once (default: the number of cores).") var workers: Int?
+    @Option(help: "Requests that may wait for a worker before 503.") var maxQueued = 64
+    @Option(help: "Seconds a request may take before 504.") var deadline = 60.0
+    @Option(help: "OpenBLAS threads per call. 1 (default) runs requests in parallel; with --workers 1, the core count gives one call all cores.")
+    var blasThreads = 1
+    @Option(help: "Longest run of one /v1/benchmark request, in seconds.") var benchmarkMaxSeconds = 30.0
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535") }
+        guard maxBodyBytes > 0, maxOutputElements > 0, maxQueued >= 0, deadline > 0, blasThreads >= 1, benchmarkMaxSeconds > 0 else {
+            throw ValidationError("limits must be positive")
+        }
+        if let workers, workers < 1 { throw ValidationError("--workers must be at least 1") }
+    }
+
+    func run() async throws {
+        MemoryPolicy.keepLargeBlocks()
+        var config = ServerConfiguration()
+        config.host = host
+        config.port = port
+        config.dataDirectory = dataDir
+        config.apiKey = apiKey ?? ProcessInfo.processInfo.environment["GRADSERVE_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
+        config.maxBodyBytes = maxBodyBytes
+        config.maxOutputElements = maxOutputElements
+        config.workers = workers ?? max(1, ProcessInfo.processInfo.activeProcessorCount)
+        config.maxQueued = maxQueued
+        config.deadlineSeconds = deadline
+        config.blasThreads = blasThreads
+        config.benchmarkMaxSeconds = benchmarkMaxSeconds
+        let metrics = PrometheusCollectorRegistry()
+        MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metrics))
+        let app = try await buildApplication(config, metrics: metrics)
+        try await app.runService()
+    }
 }
 
 struct VersionCommand: ParsableCommand {

@@ -61,7 +61,8 @@ public enum Stopwatch {
             gflops: gflops, peakShare: gflops.flatMap { g in peakGFLOPs.map { g / $0 } })
     }
 
-    static func seconds(_ d: Duration) -> Double {
+    /// A duration in seconds.
+    public static func seconds(_ d: Duration) -> Double {
         let (s, atto) = d.components
         return Double(s) + Double(atto) * 1e-18
     }

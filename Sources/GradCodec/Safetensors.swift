@@ -1,0 +1,144 @@
+import GradCore
+
+/// The safetensors container (8-byte little-endian header length, JSON header, raw data),
+/// used for binary request and answer bodies.
+public enum Safetensors {
+    /// A parsed file: tensors by name and the `__metadata__` strings.
+    public struct File: Sendable {
+        public var tensors: [String: AnyTensor]
+        public var metadata: [String: String]
+    }
+
+    /// Largest header accepted (the format's own limit is 100 MB).
+    static let maxHeader = 100 << 20
+
+    /// Reads a safetensors body; every problem is a 422-style issue at `body`.
+    public static func read(_ bytes: UnsafeRawBufferPointer) throws(GradError) -> File {
+        guard bytes.count >= 8 else { throw .invalid("body", "a safetensors body starts with an 8-byte header length; got \(bytes.count) bytes") }
+        let n = Int(min(UInt64(littleEndian: bytes.loadUnaligned(as: UInt64.self)), UInt64(Int.max - 16)))
+        guard n <= maxHeader, 8 + n <= bytes.count else {
+            throw .invalid("body", "safetensors header length \(n) does not fit in a \(bytes.count)-byte body")
+        }
+        let header: JSONValue
+        do { header = try JSONParser.parse(UnsafeRawBufferPointer(rebasing: bytes[8..<(8 + n)])) } catch {
+            throw .invalid("body", "safetensors header is not JSON: \(error)")
+        }
+        guard case .object(let o) = header else { throw .invalid("body", "safetensors header must be a JSON object") }
+        let data = UnsafeRawBufferPointer(rebasing: bytes[(8 + n)...])
+        var file = File(tensors: [:], metadata: [:])
+        var issues: [FieldIssue] = []
+        for (name, v) in o.entries {
+            if name == "__metadata__" {
+                guard case .object(let m) = v else {
+                    issues.append(FieldIssue(path: "__metadata__", message: "must be an object of strings"))
+                    continue
+                }
+                for (k, mv) in m.entries {
+                    if case .string(let s) = mv {
+                        file.metadata[k] = s
+                    } else {
+                        issues.append(FieldIssue(path: "__metadata__.\(k)", message: "metadata values are strings"))
+                    }
+                }
+                continue
+            }
+            do throws(GradError) {
+                file.tensors[name] = try readTensor(name, v, data)
+            } catch .invalid(let more) {
+                issues += more
+            } catch {
+                issues.append(FieldIssue(path: name, message: "\(error)"))
+            }
+        }
+        if !issues.isEmpty { throw .invalid(issues) }
+        return file
+    }
+
+    private static func readTensor(_ name: String, _ v: JSONValue, _ data: UnsafeRawBufferPointer) throws(GradError) -> AnyTensor {
+        guard case .object(let t) = v, case .string(let dt)? = t["dtype"], case .numbers(let ss, let shapeD)? = t["shape"] ?? .numbers(shape: [0], values: []),
+            ss.count == 1, case .numbers(let os, let offs)? = t["data_offsets"], os == [2]
+        else { throw .invalid(name, "expected {\"dtype\", \"shape\", \"data_offsets\": [begin, end]}") }
+        let dtype: DType
+        switch dt {
+        case "F32": dtype = .float32
+        case "F64": dtype = .float64
+        default: throw .invalid("\(name).dtype", "expected F32 or F64, got \(dt)")
+        }
+        guard shapeD.allSatisfy({ $0 >= 0 && $0 == $0.rounded() && $0 < 1e15 }), offs.allSatisfy({ $0 >= 0 && $0 == $0.rounded() && $0 < 1e18 }) else {
+            throw .invalid(name, "shape and data_offsets must be non-negative integers")
+        }
+        let shape = shapeD.map { Int($0) }
+        let (begin, end) = (Int(offs[0]), Int(offs[1]))
+        guard let count = Shape.elementCount(shape), count > 0, !shape.isEmpty else {
+            throw .invalid("\(name).shape", "tensors must be non-empty, got \(Shape.describe(shape))")
+        }
+        guard begin <= end, end <= data.count else {
+            throw .invalid("\(name).data_offsets", "[\(begin), \(end)] lies outside the \(data.count)-byte data section")
+        }
+        guard end - begin == count * dtype.byteCount else {
+            throw .invalid("\(name).data_offsets", "expected \(count * dtype.byteCount) bytes for \(dt) \(Shape.describe(shape)), got \(end - begin)")
+        }
+        return try TensorDecoder.fromBytes(Array(data[begin..<end]), shape: shape, dtype: dtype, at: name)
+    }
+
+    /// The data section for `tensors`: their bytes, in order.
+    public static func payload(_ tensors: [(name: String, tensor: AnyTensor)]) -> [UInt8] {
+        var out = [UInt8]()
+        out.reserveCapacity(tensors.reduce(0) { $0 + (Shape.elementCount($1.tensor.shape) ?? 0) * $1.tensor.dtype.byteCount })
+        for (_, t) in tensors {
+            switch t {
+            case .float32(let f): out.append(contentsOf: TensorBytes.littleEndian(f))
+            case .float64(let d): out.append(contentsOf: TensorBytes.littleEndian(d))
+            }
+        }
+        return out
+    }
+
+    /// Writes tensors (in order) and metadata as a safetensors file; `payload` is their data section
+    /// when already built.
+    public static func write(_ tensors: [(name: String, tensor: AnyTensor)], metadata: [(String, String)], payload: [UInt8]? = nil) -> [UInt8] {
+        var offsets: [(Int, Int)] = []
+        var total = 0
+        for (_, t) in tensors {
+            let n = Shape.elementCount(t.shape)! * t.dtype.byteCount
+            offsets.append((total, total + n))
+            total += n
+        }
+        var h = JSONWriter()
+        h.beginObject()
+        if !metadata.isEmpty {
+            h.key("__metadata__")
+            h.beginObject()
+            for (k, v) in metadata {
+                h.key(k)
+                h.string(v)
+            }
+            h.endObject()
+        }
+        for ((name, t), (b, e)) in zip(tensors, offsets) {
+            h.key(name)
+            h.beginObject()
+            h.key("dtype")
+            h.string(t.dtype == .float32 ? "F32" : "F64")
+            h.key("shape")
+            h.beginArray()
+            for d in t.shape { h.number(d) }
+            h.endArray()
+            h.key("data_offsets")
+            h.beginArray()
+            h.number(b)
+            h.number(e)
+            h.endArray()
+            h.endObject()
+        }
+        h.endObject()
+        var header = h.bytes
+        while header.count % 8 != 0 { header.append(UInt8(ascii: " ")) }
+        var out = [UInt8]()
+        out.reserveCapacity(8 + header.count + total)
+        withUnsafeBytes(of: UInt64(header.count).littleEndian) { out.append(contentsOf: $0) }
+        out.append(contentsOf: header)
+        out.append(contentsOf: payload ?? Self.payload(tensors))
+        return out
+    }
+}

@@ -1,0 +1,66 @@
+import GradCore
+import Hummingbird
+import Logging
+import NIOCore
+import Prometheus
+import ServiceLifecycle
+
+/// Builds the application: registry, compute pool, routes and the HTTP server around them.
+public func buildApplication(
+    _ configuration: ServerConfiguration, metrics: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), logger: Logger? = nil
+) async throws -> some ApplicationProtocol {
+    var logger = logger ?? Logger(label: "gradserve")
+    if logger.logLevel > .info { logger.logLevel = .info }
+    BLASRuntime.setThreads(configuration.blasThreads)
+    let registry = try ModelRegistry(dataDirectory: configuration.dataDirectory, logger: logger)
+    let pool = ComputePool(workers: configuration.workers, maxQueued: configuration.maxQueued, metrics: metrics)
+    let router = buildRouter(configuration, registry: registry, pool: pool, metrics: metrics)
+    let maxBody = configuration.maxBodyBytes
+    return Application(
+        router: router,
+        server: .http1(configuration: .init(additionalChannelHandlers: [ExpectContinueHandler(maxBodyBytes: maxBody)], idleTimeout: .seconds(120))),
+        configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "gradserve/\(GradserveVersion.current)"),
+        services: [ComputePoolService(pool: pool)],
+        logger: logger)
+}
+
+/// The routes: `/healthz`, `/readyz`, `/metrics`, `/openapi.yaml` open; `/v1/*` behind the optional API key.
+public func buildRouter(
+    _ configuration: ServerConfiguration, registry: ModelRegistry, pool: ComputePool, metrics: PrometheusCollectorRegistry
+) -> Router<BasicRequestContext> {
+    let router = Router()
+    router.add(middleware: RequestMetricsMiddleware(registry: metrics))
+    router.add(middleware: ProblemMiddleware(allowedMethods: allowedMethods))
+    let runner = OperationRunner(registry: registry, maxOutputElements: configuration.maxOutputElements)
+    let service = ServiceController<BasicRequestContext>(pool: pool, metrics: metrics, configuration: configuration, registry: registry)
+    service.addRoutes(to: router)
+    let v1 = router.group("v1")
+    if let key = configuration.apiKey { v1.add(middleware: AuthMiddleware(apiKey: key)) }
+    service.addV1Routes(to: v1)
+    v1.addRoutes(ComputeController(pool: pool, runner: runner, configuration: configuration).endpoints)
+    v1.addRoutes(ModelsController(registry: registry, pool: pool, configuration: configuration).endpoints, atPath: "models")
+    BenchmarkController(pool: pool, runner: runner, configuration: configuration).addRoutes(to: v1)
+    return router
+}
+
+/// The methods each path answers, for 405 with `Allow`.
+@Sendable func allowedMethods(_ path: String) -> [HTTPRequest.Method] {
+    let p = path.hasSuffix("/") && path.count > 1 ? String(path.dropLast()) : path
+    switch p {
+    case "/healthz", "/readyz", "/metrics", "/openapi.yaml", "/v1/info": return [.get]
+    case "/v1/forward", "/v1/vjp", "/v1/jvp", "/v1/jacobian", "/v1/divergence", "/v1/benchmark": return [.post]
+    case "/v1/models": return [.get, .post]
+    default:
+        if p.hasPrefix("/v1/models/"), !p.dropFirst("/v1/models/".count).contains("/") { return [.get, .delete] }
+        return []
+    }
+}
+
+/// Stops the compute threads when the application shuts down.
+struct ComputePoolService: Service {
+    let pool: ComputePool
+    func run() async throws {
+        try? await gracefulShutdown()
+        try await pool.shutdown()
+    }
+}

@@ -1,0 +1,119 @@
+import GradCodec
+import GradCore
+
+/// How an answer's tensors are written (`output_encoding`).
+enum OutputEncoding: String, CaseIterable {
+    /// Nested JSON arrays (the default).
+    case json
+    /// The binary tensor form inside JSON.
+    case base64
+    /// A safetensors file (`application/octet-stream`).
+    case safetensors
+}
+
+/// An answer under construction: fields by path, written as JSON or safetensors at the end.
+struct Answer: Sendable {
+    enum Value: Sendable {
+        case tensor(AnyTensor)
+        case string(String)
+        case number(Double)
+    }
+
+    var fields: [(path: [String], value: Value)] = []
+
+    mutating func add(_ path: String..., tensor: AnyTensor?) {
+        if let tensor { fields.append((path, .tensor(tensor))) }
+    }
+
+    mutating func add(_ path: String..., string: String) { fields.append((path, .string(string))) }
+
+    mutating func add(_ path: String..., number: Double) { fields.append((path, .number(number))) }
+
+    /// Elements in all tensors (checked against the output limit before any is computed).
+    var elementCount: Int { fields.reduce(0) { if case .tensor(let t) = $1.value { $0 + (Shape.elementCount(t.shape) ?? 0) } else { $0 } } }
+
+    /// The encoded body and its content type. `trailer` is called once the tensors are written
+    /// and its fields are appended (the `timing` object, which includes the encoding time itself).
+    func encode(_ encoding: OutputEncoding, trailer: () -> Answer) -> (bytes: [UInt8], contentType: String) {
+        switch encoding {
+        case .json, .base64:
+            var w = JSONWriter(capacity: 1024 + elementCount * (encoding == .json ? 12 : 6))
+            Self.writeObject(fields[...], depth: 0, into: &w, base64: encoding == .base64)
+            var tail = JSONWriter()
+            Self.writeObject(trailer().fields[...], depth: 0, into: &tail, base64: true)
+            var bytes = w.bytes
+            if tail.bytes.count > 2 {
+                // Splice the trailer's members into the object: `{…}` + `{"timing":…}` → `{…,"timing":…}`.
+                bytes.removeLast()
+                if bytes.count > 1 { bytes.append(UInt8(ascii: ",")) }
+                bytes.append(contentsOf: tail.bytes.dropFirst())
+            }
+            return (bytes, "application/json")
+        case .safetensors:
+            var tensors: [(String, AnyTensor)] = []
+            var meta: [String: [(path: [String], value: Value)]] = [:]
+            var metaOrder: [String] = []
+            for (path, value) in fields {
+                if case .tensor(let t) = value {
+                    tensors.append((path.joined(separator: "."), t))
+                } else {
+                    if meta[path[0]] == nil { metaOrder.append(path[0]) }
+                    meta[path[0], default: []].append((path, value))
+                }
+            }
+            let data = tensors.map { (name: $0.0, tensor: $0.1) }
+            let payload = Safetensors.payload(data)
+            for (path, value) in trailer().fields {
+                if meta[path[0]] == nil { metaOrder.append(path[0]) }
+                meta[path[0], default: []].append((path, value))
+            }
+            var metadata: [(String, String)] = []
+            for key in metaOrder {
+                let entries = meta[key]!
+                if entries.count == 1, entries[0].path.count == 1, case .string(let s) = entries[0].value {
+                    metadata.append((key, s))
+                } else {
+                    var w = JSONWriter()
+                    Self.writeObject(entries.map { (Array($0.path.dropFirst()), $0.value) }[...], depth: 0, into: &w, base64: true)
+                    metadata.append((key, String(decoding: w.bytes, as: UTF8.self)))
+                }
+            }
+            return (Safetensors.write(data, metadata: metadata, payload: payload), "application/octet-stream")
+        }
+    }
+
+    /// Writes fields as one object, grouping paths by their component at `depth` (first-seen order).
+    private static func writeObject(_ fields: ArraySlice<(path: [String], value: Value)>, depth: Int, into w: inout JSONWriter, base64: Bool) {
+        w.beginObject()
+        var order: [String] = []
+        var groups: [String: [(path: [String], value: Value)]] = [:]
+        for f in fields {
+            let key = f.path[depth]
+            if groups[key] == nil { order.append(key) }
+            groups[key, default: []].append(f)
+        }
+        for key in order {
+            let group = groups[key]!
+            w.key(key)
+            if group.count == 1, group[0].path.count == depth + 1 {
+                switch group[0].value {
+                case .tensor(let t): writeTensor(t, into: &w, base64: base64)
+                case .string(let s): w.string(s)
+                case .number(let n): w.number(n)
+                }
+            } else {
+                writeObject(group[...], depth: depth + 1, into: &w, base64: base64)
+            }
+        }
+        w.endObject()
+    }
+
+    private static func writeTensor(_ t: AnyTensor, into w: inout JSONWriter, base64: Bool) {
+        switch (t, base64) {
+        case (.float32(let f), false): w.nested(f)
+        case (.float64(let d), false): w.nested(d)
+        case (.float32(let f), true): w.base64(f)
+        case (.float64(let d), true): w.base64(d)
+        }
+    }
+}

@@ -1,0 +1,135 @@
+import GradCodec
+import GradCore
+import NIOCore
+
+/// A request body — JSON, or safetensors with the JSON part in `__metadata__["request"]` — with
+/// its tensors addressable by dotted path (`inputs.x`, `tangents.t`).
+struct RequestDocument: Sendable {
+    /// The JSON part.
+    var object: JSONObject
+    /// Tensors that came as binary (safetensors), by dotted path.
+    var binary: [String: AnyTensor] = [:]
+
+    /// Parses `body` according to its content type: JSON (default) or `application/octet-stream`.
+    static func parse(_ body: ByteBuffer, contentType: String?) throws -> RequestDocument {
+        let media = contentType?.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+        switch media {
+        // curl -d sends application/x-www-form-urlencoded unless told otherwise; its body is the JSON.
+        case nil, "application/json", "text/json", "application/x-www-form-urlencoded":
+            let value = try body.withUnsafeReadableBytes { try JSONParser.parse($0) }
+            guard case .object(let o) = value else {
+                throw GradError.invalid("body", "expected a JSON object, got \(value.typeName)")
+            }
+            return RequestDocument(object: o)
+        case "application/octet-stream":
+            let file = try body.withUnsafeReadableBytes { try Safetensors.read($0) }
+            var object = JSONObject()
+            if let text = file.metadata["request"] {
+                guard case .object(let o) = try JSONParser.parse(text) else {
+                    throw GradError.invalid("__metadata__.request", "expected a JSON object")
+                }
+                object = o
+            }
+            return RequestDocument(object: object, binary: file.tensors)
+        default:
+            throw Problem(
+                .unsupportedMediaType, title: "Unsupported media type",
+                detail: "send application/json, or application/octet-stream with a safetensors body; got \(contentType ?? "")")
+        }
+    }
+
+    /// The JSON value at a dotted path.
+    func value(_ path: String) -> JSONValue? {
+        var v: JSONValue = .object(object)
+        for key in path.split(separator: ".") {
+            guard case .object(let o) = v, let next = o[String(key)] else { return nil }
+            v = next
+        }
+        return v
+    }
+
+    /// Whether anything (JSON or binary) is at `path`.
+    func has(_ path: String) -> Bool { value(path) != nil || binary[path] != nil }
+
+    /// The tensor at `path`, from the binary part or decoded from JSON; nil when absent.
+    func tensor(_ path: String) throws(GradError) -> AnyTensor? {
+        if let t = binary[path] { return t }
+        guard let v = value(path) else { return nil }
+        return try TensorDecoder.decode(v, at: path)
+    }
+
+    /// The tensor at `path`, which must be present.
+    func requiredTensor(_ path: String) throws(GradError) -> AnyTensor {
+        guard let t = try tensor(path) else { throw .invalid(path, "required") }
+        return t
+    }
+
+    /// Refuses top-level fields (and binary tensors) outside `allowed`.
+    func checkKnown(_ allowed: Set<String>, nested: [String: Set<String>] = [:]) throws(GradError) {
+        var issues: [FieldIssue] = []
+        for key in object.keys where !allowed.contains(key) {
+            issues.append(FieldIssue(path: key, message: "unknown field; this operation takes \(allowed.sorted().joined(separator: ", "))"))
+        }
+        for (field, keys) in nested {
+            if case .object(let o)? = object[field] {
+                for key in o.keys where !keys.contains(key) {
+                    issues.append(FieldIssue(path: "\(field).\(key)", message: "unknown field; \(field) takes \(keys.sorted().joined(separator: ", "))"))
+                }
+            } else if let v = object[field], binary.keys.allSatisfy({ !$0.hasPrefix(field + ".") }) {
+                issues.append(FieldIssue(path: field, message: "expected an object, got \(v.typeName)"))
+            }
+        }
+        for name in binary.keys {
+            let head = String(name.split(separator: ".").first ?? "")
+            let rest = name.dropFirst(head.count + 1)
+            let ok = allowed.contains(head) && (nested[head].map { $0.contains(String(rest)) } ?? rest.isEmpty || head == "model")
+            if !ok { issues.append(FieldIssue(path: name, message: "unknown tensor name for this operation")) }
+        }
+        if !issues.isEmpty { throw .invalid(issues) }
+    }
+
+    /// A boolean field with a default.
+    func bool(_ key: String, default d: Bool) throws(GradError) -> Bool {
+        guard let v = object[key] else { return d }
+        guard case .bool(let b) = v else { throw .invalid(key, "expected true or false, got \(v.typeName)") }
+        return b
+    }
+
+    /// A string field restricted to `allowed`, with a default.
+    func choice(_ key: String, _ allowed: [String], default d: String) throws(GradError) -> String {
+        guard let v = object[key] else { return d }
+        guard case .string(let s) = v, allowed.contains(s) else {
+            throw .invalid(key, "expected one of \(allowed.map { "\"\($0)\"" }.joined(separator: ", "))")
+        }
+        return s
+    }
+
+    /// A non-negative integer field with a default and bounds.
+    func int(_ key: String, default d: Int, range: ClosedRange<Int>) throws(GradError) -> Int {
+        guard let v = object[key] else { return d }
+        guard case .number(let n) = v, n == n.rounded(), n >= Double(range.lowerBound), n <= Double(range.upperBound) else {
+            throw .invalid(key, "expected an integer in \(range.lowerBound)...\(range.upperBound)")
+        }
+        return Int(n)
+    }
+
+    /// A subset of `allowed` given as an array of strings (`wrt`).
+    func subset(_ key: String, _ allowed: [String], default d: [String]) throws(GradError) -> Set<String> {
+        guard let v = object[key] else { return Set(d) }
+        let items: [JSONValue]
+        switch v {
+        case .array(let a): items = a
+        case .numbers(let s, _) where s == [0]: items = []
+        default: throw .invalid(key, "expected an array of strings from \(allowed)")
+        }
+        var out = Set<String>()
+        for (i, item) in items.enumerated() {
+            guard case .string(let s) = item, allowed.contains(s) else {
+                throw .invalid("\(key)[\(i)]", "expected one of \(allowed.map { "\"\($0)\"" }.joined(separator: ", "))")
+            }
+            out.insert(s)
+        }
+        if out.isEmpty { throw .invalid(key, "must name at least one of \(allowed)") }
+        return out
+    }
+}

@@ -1,0 +1,133 @@
+import GradCodec
+import GradCore
+import Hummingbird
+
+/// `/v1/models`: register (JSON or safetensors), list, describe, delete.
+struct ModelsController<Context: RequestContext>: Sendable {
+    let registry: ModelRegistry
+    let pool: ComputePool
+    let configuration: ServerConfiguration
+
+    var endpoints: RouteCollection<Context> {
+        let routes = RouteCollection(context: Context.self)
+        routes.post { request, context in try await register(request) }
+        routes.get { _, _ in list() }
+        routes.get(":id") { _, context in try describe(try context.parameters.require("id")) }
+        routes.delete(":id") { _, context in try delete(try context.parameters.require("id")) }
+        return routes
+    }
+
+    /// `POST /v1/models`: `{"name", "model"}` as JSON, or a safetensors file of the weights whose
+    /// `__metadata__` holds `model` (the architecture as JSON, weights referenced by tensor name) and `name`.
+    func register(_ request: Request) async throws -> Response {
+        let body = try await BodyReader.collect(request, limit: configuration.maxBodyBytes)
+        let contentType = request.headers[.contentType]
+        let registry = self.registry
+        let deadline = ContinuousClock.now + .milliseconds(Int64(configuration.deadlineSeconds * 1000))
+        let (entry, created) = try await pool.run(deadline: deadline) { _ in
+            let (modelValue, name, weights) = try Self.decodeRegistration(body, contentType: contentType)
+            let model = try ModelDecoder.decode(modelValue, at: "model", binaryWeights: weights)
+            return try registry.register(model, name: name)
+        }
+        var headers = HTTPFields()
+        headers[.contentType] = "application/json"
+        headers[.location] = "/v1/models/\(entry.id)"
+        return Response(status: created ? .created : .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: Self.summary(entry))))
+    }
+
+    static func decodeRegistration(_ body: ByteBuffer, contentType: String?) throws -> (JSONValue, String?, [String: AnyTensor]) {
+        let doc = try RequestDocument.parse(body, contentType: contentType)
+        if doc.binary.isEmpty {
+            try doc.checkKnown(["name", "model"])
+            guard let model = doc.object["model"] else { throw GradError.invalid("model", "required: the model object to register") }
+            var name: String? = nil
+            if let v = doc.object["name"] {
+                guard case .string(let s) = v else { throw GradError.invalid("name", "expected a string") }
+                name = s
+            }
+            return (model, name, [:])
+        }
+        // Safetensors: metadata "model" (JSON text) and "name"; every tensor is a named weight.
+        var buffer = body
+        let bytes = buffer.readBytes(length: buffer.readableBytes) ?? []
+        let file = try bytes.withUnsafeBytes { try Safetensors.read($0) }
+        guard let text = file.metadata["model"] else {
+            throw GradError.invalid("__metadata__.model", "required: the architecture as model-format JSON, weights named by tensor")
+        }
+        return (try JSONParser.parse(text), file.metadata["name"], file.tensors)
+    }
+
+    func list() -> Response {
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("models")
+        w.beginArray()
+        for entry in registry.all() { w.raw(Self.summary(entry)) }
+        w.endArray()
+        w.endObject()
+        return json(w.bytes)
+    }
+
+    func describe(_ id: String) throws -> Response {
+        guard let entry = registry.get(id) else { throw unknown(id) }
+        return json(Self.summary(entry))
+    }
+
+    func delete(_ id: String) throws -> Response {
+        guard try registry.delete(id) else { throw unknown(id) }
+        return Response(status: .noContent)
+    }
+
+    private func unknown(_ id: String) -> Problem {
+        Problem(.notFound, title: "Unknown model", detail: "no registered model has id \(id)", errors: [FieldIssue(path: "id", message: "unknown model id")])
+    }
+
+    private func json(_ bytes: [UInt8]) -> Response {
+        Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+    }
+
+    /// Signature and sizes, never the weights.
+    static func summary(_ entry: RegisteredModel) -> [UInt8] {
+        let m = entry.model
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("id")
+        w.string(entry.id)
+        w.key("name")
+        if let n = entry.name { w.string(n) } else { w.null() }
+        w.key("created")
+        w.string(entry.created)
+        w.key("dtype")
+        w.string(m.dtype.rawValue)
+        w.key("inputs")
+        w.beginArray()
+        w.string("x")
+        if m.hasT { w.string("t") }
+        w.endArray()
+        w.key("input_width")
+        if let d = m.inputWidth { w.number(d) } else { w.null() }
+        w.key("output_width")
+        if let d = m.inputWidth { w.number(m.outputWidth(d: d)) } else { w.null() }
+        w.key("layers")
+        w.beginArray()
+        for op in m.ops { w.string(op) }
+        w.endArray()
+        w.key("parameter_count")
+        w.number(m.parameterCount)
+        w.key("parameters")
+        w.beginArray()
+        for (name, shape) in m.parameters {
+            w.beginObject()
+            w.key("name")
+            w.string(name)
+            w.key("shape")
+            w.beginArray()
+            for d in shape { w.number(d) }
+            w.endArray()
+            w.endObject()
+        }
+        w.endArray()
+        w.endObject()
+        return w.bytes
+    }
+}
