@@ -23,7 +23,9 @@ public final class ComputePool: Sendable {
         self.maxQueued = max(0, maxQueued)
         threads = NIOThreadPool(numberOfThreads: self.workers)
         threads.start()
-        inFlightGauge = metrics?.makeGauge(name: "gradserve_compute_pending", labels: [], help: "Compute jobs running or queued")
+        inFlightGauge = metrics?.makeGauge(
+            descriptor: MetricNameDescriptor(
+                namespace: "gradserve", subsystem: "compute", metricName: "pending", unitName: "", helpText: "Compute jobs running or queued"))
     }
 
     /// Jobs running or waiting now.
