@@ -301,7 +301,9 @@ public struct JSONParser {
     private mutating func parseString() throws(JSONParseError) -> String {
         pos += 1
         let start = pos
-        // Fast scan: no escapes.
+        // Fast scan, 8 bytes at a time (base64 tensors are megabyte-long strings): stop at the
+        // first word holding a quote, a backslash or a control character, then go byte by byte.
+        pos = Self.skipPlainBytes(bytes, from: pos)
         while let c = current, c != UInt8(ascii: "\""), c != UInt8(ascii: "\\") {
             if c < 0x20 { throw error("control character in a string") }
             pos += 1
@@ -345,6 +347,24 @@ public struct JSONParser {
             }
         }
         return String(decoding: out, as: UTF8.self)
+    }
+
+    /// The index of the first byte at or after `start` that is `"`, `\\` or below 0x20 (or a
+    /// nearby earlier one; the caller rescans byte by byte from there).
+    @inline(__always)
+    private static func skipPlainBytes(_ bytes: UnsafeRawBufferPointer, from start: Int) -> Int {
+        var i = start
+        let ones: UInt64 = 0x0101_0101_0101_0101
+        let highs: UInt64 = 0x8080_8080_8080_8080
+        // SWAR "has byte less than n" and "has byte equal to c" (Hacker's Delight 6-1).
+        @inline(__always) func hasLess(_ x: UInt64, _ n: UInt64) -> Bool { ((x &- ones &* n) & ~x & highs) != 0 }
+        @inline(__always) func hasByte(_ x: UInt64, _ c: UInt64) -> Bool { hasLess(x ^ (ones &* c), 1) }
+        while i + 8 <= bytes.count {
+            let w = UInt64(littleEndian: bytes.loadUnaligned(fromByteOffset: i, as: UInt64.self))
+            if hasLess(w, 0x20) || hasByte(w, 0x22) || hasByte(w, 0x5C) { break }
+            i += 8
+        }
+        return i
     }
 
     private mutating func hex4() throws(JSONParseError) -> UInt32 {

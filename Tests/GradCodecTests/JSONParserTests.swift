@@ -57,6 +57,17 @@ struct JSONParserTests {
         #expect(try JSONParser.parse(w.bytes) == .string("tab\there \"quoted\" \u{01}"))
     }
 
+    @Test("strings with escapes or control characters at every offset of the word-at-a-time scan")
+    func stringOffsets() throws {
+        for n in 0..<20 {
+            let pad = String(repeating: "ab", count: n)
+            #expect(try JSONParser.parse("\"\(pad)\\n\(pad)\"") == .string("\(pad)\n\(pad)"))
+            #expect(try JSONParser.parse("\"\(pad)é\(pad)\"") == .string("\(pad)é\(pad)"))
+            #expect(throws: JSONParseError.self) { try JSONParser.parse("\"\(pad)\u{09}\(pad)\"") }
+            #expect(throws: JSONParseError.self) { try JSONParser.parse("\"\(pad)") }
+        }
+    }
+
     @Test("1e999 parses to infinity and the tensor decoder refuses it")
     func overflow() throws {
         let v = try JSONParser.parse("[1e999, 1]")

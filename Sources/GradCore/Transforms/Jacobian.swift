@@ -35,12 +35,14 @@ extension Model {
         return flops
     }
 
-    /// The mode `auto` resolves to.
+    /// The mode `auto` resolves to: the sweep with fewer seeds, as the contract states it —
+    /// reverse (K = D') when D' ≤ K_forward (D, plus 1 when t is asked for), ties to reverse.
+    /// Both sweeps run the same layers, so the seed count is the FLOP ratio up to the one GEMM
+    /// the identity seed saves at either end (``jacobianFlops(batch:d:wantX:wantT:mode:)``).
     public func resolve(_ mode: JacobianMode, batch: Int, d: Int, wantX: Bool, wantT: Bool) -> JacobianMode {
         guard mode == .auto else { return mode }
-        let r = jacobianFlops(batch: batch, d: d, wantX: wantX, wantT: wantT, mode: .reverse)
-        let f = jacobianFlops(batch: batch, d: d, wantX: wantX, wantT: wantT, mode: .forward)
-        return r <= f ? .reverse : .forward
+        let forwardSeeds = (wantX ? d : 0) + (wantT ? 1 : 0)
+        return outputWidth(d: d) <= forwardSeeds ? .reverse : .forward
     }
 
     /// Per-sample Jacobian, as `vmap(jacrev(f_single))`: one batched sweep, never a loop over rows.
