@@ -16,6 +16,14 @@ public struct JSONWriter {
         needsComma[needsComma.count - 1] = true
     }
 
+    /// The bytes written, leaving the writer empty (no copy).
+    public mutating func takeBytes() -> [UInt8] {
+        let taken = bytes
+        bytes = []
+        needsComma = [false]
+        return taken
+    }
+
     /// `{`
     public mutating func beginObject() {
         separate()
@@ -128,7 +136,7 @@ public struct JSONWriter {
         key("data")
         separate()
         bytes.append(UInt8(ascii: "\""))
-        bytes.append(contentsOf: Base64.encodeToBytes(bytes: TensorBytes.littleEndian(t)))
+        t.scalars.withUnsafeBytes { raw in bytes.append(contentsOf: Base64.encodeToBytes(bytes: raw)) }
         bytes.append(UInt8(ascii: "\""))
         endObject()
     }

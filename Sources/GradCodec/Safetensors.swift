@@ -75,8 +75,9 @@ public enum Safetensors {
         guard begin <= end, end <= data.count else {
             throw .invalid("\(name).data_offsets", "[\(begin), \(end)] lies outside the \(data.count)-byte data section")
         }
-        guard end - begin == count * dtype.byteCount else {
-            throw .invalid("\(name).data_offsets", "expected \(count * dtype.byteCount) bytes for \(dt) \(Shape.describe(shape)), got \(end - begin)")
+        let (bytes, overflow) = count.multipliedReportingOverflow(by: dtype.byteCount)
+        guard !overflow, end - begin == bytes else {
+            throw .invalid("\(name).data_offsets", "expected \(count) × \(dtype.byteCount) bytes for \(dt) \(Shape.describe(shape)), got \(end - begin)")
         }
         return try TensorDecoder.fromBytes(Array(data[begin..<end]), shape: shape, dtype: dtype, at: name)
     }

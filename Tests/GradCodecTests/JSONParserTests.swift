@@ -120,6 +120,11 @@ struct TensorFormTests {
         let file = try bytes.withUnsafeBytes { try Safetensors.read($0) }
         #expect(file.tensors["inputs.x"] == a && file.tensors["inputs.t"] == b)
         #expect(file.metadata["request"] == #"{"wrt": ["x"]}"#)
+        // A declared size whose byte count overflows is refused, not a trap (found by schemathesis).
+        let header = Array(#"{"inputs.x": {"dtype": "F64", "shape": [999999999999999, 2305], "data_offsets": [0, 0]}}"#.utf8)
+        var evil = withUnsafeBytes(of: UInt64(header.count).littleEndian) { Array($0) }
+        evil += header
+        #expect(throws: GradError.self) { try evil.withUnsafeBytes { try Safetensors.read($0) } }
         // Truncated files are refused with an error, not a crash.
         for cut in [0, 4, 8, 20, bytes.count - 1] {
             #expect(throws: GradError.self) { try Array(bytes.prefix(cut)).withUnsafeBytes { try Safetensors.read($0) } }

@@ -1,5 +1,6 @@
 import Foundation
 import GradCodec
+import GradCore
 import GradServer
 import HTTPTypes
 import Hummingbird
@@ -135,6 +136,14 @@ struct RouterTests {
         ("/v1/models", #"{"model": {"layers": []}}"#, 422, "model.layers"),
         ("/v1/models", #"{"name": 3, "model": \#(tinyModel)}"#, 422, "name"),
         ("/v1/benchmark", #"{"workload": "linear", "in": 0}"#, 422, "in"),
+        // Found by schemathesis: 2^63 passed a Double bound check and trapped on conversion.
+        ("/v1/divergence", #"{"model": \#(tinyModel), "inputs": \#(tinyInputs), "method": "hutchinson", "seed": 9223372036854775808}"#, 422, "seed"),
+        ("/v1/divergence", #"{"model": \#(tinyModel), "inputs": \#(tinyInputs), "method": "hutchinson", "seed": 9223372036854775807}"#, 422, "seed"),
+        ("/v1/benchmark", #"{"model": \#(tinyModel), "operation": "forward", "d": "abc"}"#, 422, "d"),
+        ("/v1/benchmark", #"{"model": \#(tinyModel), "operation": "forward", "d": 5}"#, 422, "d"),
+        // Finite in float64, infinite once cast to the model's float32.
+        ("/v1/forward", #"{"model": \#(tinyModel), "inputs": {"x": [[1e300, 1]], "t": [0]}}"#, 422, "inputs.x"),
+        ("/v1/vjp", #"{"model": \#(tinyModel), "inputs": \#(tinyInputs), "grad_outputs": [[1e300, 0], [0, 1]]}"#, 422, "grad_outputs"),
     ]
 
     @Test("client mistakes are problem+json naming the field", arguments: errorCases)
@@ -146,6 +155,38 @@ struct RouterTests {
                 #expect(r.headers[.contentType] == "application/problem+json")
                 #expect(r.json["status"]?.numbers == [Double(status)])
                 if let field { #expect(r.problemPaths.contains(field), "\(r.text)") }
+            }
+        }
+    }
+
+    @Test("grads.params is an object even for a model without parameters")
+    func emptyParams() async throws {
+        let app = try await buildApplication(testConfiguration(), logger: quietLogger())
+        try await app.test(.router) { client in
+            let text =
+                #"{"model": {"layers": [{"op": "tanh"}]}, "inputs": {"x": [[0.1, 0.2]]}, "grad_outputs": [[1, 1]], "wrt": ["params"], "return_outputs": false}"#
+            try await client.execute(uri: "/v1/vjp", method: .post, headers: jsonHeaders, body: body(text)) { r in
+                #expect(r.status == .ok)
+                #expect(r.json["grads"]?["params"] == .object(JSONObject()))
+            }
+        }
+    }
+
+    @Test("a safetensors request body carries the tensors; tangents may come only as binary")
+    func binaryRequest() async throws {
+        let app = try await buildApplication(testConfiguration(), logger: quietLogger())
+        let x = AnyTensor(Tensor<Float>(shape: [2, 2], scalars: [0.1, 0.2, 0.3, -0.4]))
+        let t = AnyTensor(Tensor<Float>(shape: [2], scalars: [0.5, 1]))
+        let u = AnyTensor(Tensor<Float>(shape: [2, 2], scalars: [1, 0, 0, 1]))
+        let file = Safetensors.write([("inputs.x", x), ("inputs.t", t), ("tangents.x", u)], metadata: [("request", #"{"model": \#(tinyModel)}"#)])
+        try await app.test(.router) { client in
+            try await client.execute(uri: "/v1/jvp", method: .post, headers: [.contentType: "application/octet-stream"], body: ByteBuffer(bytes: file)) { r in
+                #expect(r.status == .ok, "\(r.text)")
+                #expect(r.json["jvp"]?.numbers?.count == 4)
+            }
+            let json = #"{"model": \#(tinyModel), "inputs": \#(tinyInputs), "tangents": {"x": [[1, 0], [0, 1]]}}"#
+            try await client.execute(uri: "/v1/jvp", method: .post, headers: jsonHeaders, body: body(json)) { r in
+                #expect(r.json["jvp"] != nil)
             }
         }
     }

@@ -38,6 +38,14 @@ extension Model {
         } else if inputs.t != nil {
             issues.append(FieldIssue(path: "inputs.t", message: "the model has no t input (its inputs are [\"x\"])"))
         }
+        if let issue = nonFinite(x, at: "inputs.x") { issues.append(issue) }
+        if let t = inputs.t, let issue = nonFinite(t, at: "inputs.t") { issues.append(issue) }
         if !issues.isEmpty { throw .invalid(issues) }
+    }
+
+    /// A finite value can still overflow when cast to float32 (`1e300`); refuse it by name.
+    func nonFinite(_ t: Tensor<S>, at path: String) -> FieldIssue? {
+        guard let i = t.scalars.firstIndex(where: { !$0.isFinite }) else { return nil }
+        return FieldIssue(path: path, message: "the value at flat index \(i) is not finite in \(S.dtype.rawValue) (|v| above \(S.greatestFiniteMagnitude))")
     }
 }

@@ -51,6 +51,8 @@ extension Model {
                         "tangents.x and tangents.t must agree on K (unbatched or the same leading K), got \(Shape.describe(tangentX!.shape)) and \(Shape.describe(tangentT!.shape))"
                 ))
         }
+        if let u = tangentX, let issue = nonFinite(u, at: "tangents.x") { issues.append(issue) }
+        if let u = tangentT, let issue = nonFinite(u, at: "tangents.t") { issues.append(issue) }
         if !issues.isEmpty { throw .invalid(issues) }
         let kLead = max(kx ?? 0, kt ?? 0)
         let k = max(kLead, 1)

@@ -39,6 +39,7 @@ extension Model {
             let want = isGradsBatched ? "[K, \(b), \(dOut)] with K ≥ 1" : Shape.describe(expected)
             throw .invalid("grad_outputs", "expected shape \(want) to match outputs [\(b), \(dOut)], got \(Shape.describe(v.shape))")
         }
+        if let issue = nonFinite(v, at: "grad_outputs") { throw .invalid([issue]) }
         let k = isGradsBatched ? v.shape[0] : 1
         let tr = trace(inputs, derivatives: true, outputs: returnOutputs, concatenatedInput: wrt.contains(.params))
         var params: ParameterGradients<S>? = wrt.contains(.params) ? ParameterGradients(k: k) : nil

@@ -17,6 +17,8 @@ struct Answer: Sendable {
         case tensor(AnyTensor)
         case string(String)
         case number(Double)
+        /// `{}` (e.g. `grads.params` of a model without parameters).
+        case emptyObject
     }
 
     var fields: [(path: [String], value: Value)] = []
@@ -29,6 +31,8 @@ struct Answer: Sendable {
 
     mutating func add(_ path: String..., number: Double) { fields.append((path, .number(number))) }
 
+    mutating func addEmptyObject(_ path: String...) { fields.append((path, .emptyObject)) }
+
     /// Elements in all tensors (checked against the output limit before any is computed).
     var elementCount: Int { fields.reduce(0) { if case .tensor(let t) = $1.value { $0 + (Shape.elementCount(t.shape) ?? 0) } else { $0 } } }
 
@@ -38,17 +42,12 @@ struct Answer: Sendable {
         switch encoding {
         case .json, .base64:
             var w = JSONWriter(capacity: 1024 + elementCount * (encoding == .json ? 12 : 6))
-            Self.writeObject(fields[...], depth: 0, into: &w, base64: encoding == .base64)
-            var tail = JSONWriter()
-            Self.writeObject(trailer().fields[...], depth: 0, into: &tail, base64: true)
-            var bytes = w.bytes
-            if tail.bytes.count > 2 {
-                // Splice the trailer's members into the object: `{…}` + `{"timing":…}` → `{…,"timing":…}`.
-                bytes.removeLast()
-                if bytes.count > 1 { bytes.append(UInt8(ascii: ",")) }
-                bytes.append(contentsOf: tail.bytes.dropFirst())
-            }
-            return (bytes, "application/json")
+            w.beginObject()
+            Self.writeMembers(fields[...], depth: 0, into: &w, base64: encoding == .base64)
+            // The trailer's members go into the same object, written after the tensors were.
+            Self.writeMembers(trailer().fields[...], depth: 0, into: &w, base64: true)
+            w.endObject()
+            return (w.takeBytes(), "application/json")
         case .safetensors:
             var tensors: [(String, AnyTensor)] = []
             var meta: [String: [(path: [String], value: Value)]] = [:]
@@ -56,6 +55,8 @@ struct Answer: Sendable {
             for (path, value) in fields {
                 if case .tensor(let t) = value {
                     tensors.append((path.joined(separator: "."), t))
+                } else if case .emptyObject = value {
+                    continue  // no tensor to carry
                 } else {
                     if meta[path[0]] == nil { metaOrder.append(path[0]) }
                     meta[path[0], default: []].append((path, value))
@@ -85,6 +86,12 @@ struct Answer: Sendable {
     /// Writes fields as one object, grouping paths by their component at `depth` (first-seen order).
     private static func writeObject(_ fields: ArraySlice<(path: [String], value: Value)>, depth: Int, into w: inout JSONWriter, base64: Bool) {
         w.beginObject()
+        writeMembers(fields, depth: depth, into: &w, base64: base64)
+        w.endObject()
+    }
+
+    /// The members of ``writeObject(_:depth:into:base64:)``, into an object already open.
+    private static func writeMembers(_ fields: ArraySlice<(path: [String], value: Value)>, depth: Int, into w: inout JSONWriter, base64: Bool) {
         var order: [String] = []
         var groups: [String: [(path: [String], value: Value)]] = [:]
         for f in fields {
@@ -100,12 +107,14 @@ struct Answer: Sendable {
                 case .tensor(let t): writeTensor(t, into: &w, base64: base64)
                 case .string(let s): w.string(s)
                 case .number(let n): w.number(n)
+                case .emptyObject:
+                    w.beginObject()
+                    w.endObject()
                 }
             } else {
                 writeObject(group[...], depth: depth + 1, into: &w, base64: base64)
             }
         }
-        w.endObject()
     }
 
     private static func writeTensor(_ t: AnyTensor, into w: inout JSONWriter, base64: Bool) {

@@ -107,10 +107,11 @@ struct RequestDocument: Sendable {
     /// A non-negative integer field with a default and bounds.
     func int(_ key: String, default d: Int, range: ClosedRange<Int>) throws(GradError) -> Int {
         guard let v = object[key] else { return d }
-        guard case .number(let n) = v, n == n.rounded(), n >= Double(range.lowerBound), n <= Double(range.upperBound) else {
+        // Int(exactly:) refuses what does not fit (2^63 rounds up from Int64.max as a Double).
+        guard case .number(let n) = v, let i = Int(exactly: n), range.contains(i) else {
             throw .invalid(key, "expected an integer in \(range.lowerBound)...\(range.upperBound)")
         }
-        return Int(n)
+        return i
     }
 
     /// A subset of `allowed` given as an array of strings (`wrt`).

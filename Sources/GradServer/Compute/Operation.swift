@@ -61,10 +61,13 @@ struct OperationRunner: Sendable {
             answer.add("grads", "x", tensor: r.x)
             answer.add("grads", "t", tensor: r.t)
             for (name, g) in r.params { answer.add("grads", "params", name, tensor: g) }
+            if wrt.contains(.params), r.params.isEmpty { answer.addEmptyObject("grads", "params") }
         case .jvp:
             let tx = try doc.tensor("tangents.x")
             let tt = try doc.tensor("tangents.t")
-            if !doc.has("tangents") { throw GradError.invalid("tangents", "required: {\"x\": [B, D] or [K, B, D], \"t\": …}; a missing entry counts as zero") }
+            if !doc.has("tangents"), !doc.binary.keys.contains(where: { $0.hasPrefix("tangents.") }) {
+                throw GradError.invalid("tangents", "required: {\"x\": [B, D] or [K, B, D], \"t\": …}; a missing entry counts as zero")
+            }
             let k = max(tx.map { $0.shape.count == 3 ? $0.shape[0] : 1 } ?? 1, tt.map { $0.shape.count == 2 ? $0.shape[0] : 1 } ?? 1)
             try check((returnOutputs ? mul(b, dOut) : 0) + mul(k, b, dOut), path: "jvp")
             let r = try model.jvp(args, tangentX: tx, tangentT: tt, returnOutputs: returnOutputs)

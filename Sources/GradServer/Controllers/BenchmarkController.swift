@@ -43,11 +43,11 @@ struct BenchmarkController<Context: RequestContext>: Sendable {
             let model = try runner.resolveModel(doc)
             let op = try doc.choice("operation", ["forward", "vjp", "jvp", "jacobian", "divergence"], default: "jacobian")
             let batch = try doc.int("batch", default: 3, range: 1...4096)
-            var d = model.inputWidth ?? 0
-            if d == 0 {
-                guard doc.object["d"] != nil else { throw GradError.invalid("d", "required for a model without linear layers (the feature count of x)") }
-                d = try doc.int("d", default: 1, range: 1...65536)
+            let given = doc.object["d"] == nil ? nil : try doc.int("d", default: 1, range: 1...65536)
+            guard let d = model.inputWidth ?? given else {
+                throw GradError.invalid("d", "required for a model without linear layers (the feature count of x)")
             }
+            if let given, given != d { throw GradError.invalid("d", "the model takes x with \(d) features, not \(given)") }
             let methods = Array(try doc.subset("methods", ModelBenchmark.methods[op]!, default: ModelBenchmark.methods[op]!))
                 .sorted { ModelBenchmark.methods[op]!.firstIndex(of: $0)! < ModelBenchmark.methods[op]!.firstIndex(of: $1)! }
             let outElements = batch * model.outputWidth(d: d) * (op == "jacobian" || op == "divergence" ? d : 1)
