@@ -1,25 +1,41 @@
 #!/usr/bin/env bash
-# Runs every test: installs what is missing (libopenblas-dev via apt, a cached PyTorch venv),
-# checks formatting, checks the committed fixtures are what PyTorch produces, runs swift test.
+# Runs every test: installs what is missing (libopenblas-dev via apt, a cached Python venv with
+# PyTorch outside the repo), then
+#   1. swift format lint
+#   2. the committed PyTorch fixtures regenerate byte for byte (scripts/make_fixtures.py --check)
+#   3. swift test (core against the fixtures and the derivative identities, codecs, server routes and live server)
+#   4. the Python end-to-end and fuzz suites against a live release server, checked against PyTorch
+#   5. the OpenAPI contract: openapi-spec-validator, then schemathesis against the live server
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 ensure_swift
 ensure_openblas
+ensure_curl
 ensure_venv
+PY="$GRADSERVE_VENV/bin/python"
 
-log "swift format lint"
+log "1/5 swift format lint"
 swift format lint --strict -r Sources Tests
 
-log "fixtures regenerate byte for byte from PyTorch"
-"$GRADSERVE_VENV/bin/python" scripts/make_fixtures.py --check
+log "2/5 fixtures regenerate byte for byte from PyTorch"
+"$PY" scripts/make_fixtures.py --check
 
-log "swift test"
-swift test > .build-test.log 2>&1 || true
-grep -E '✘|^ *↳|Fatal error|Precondition failed|error:' .build-test.log | grep -v '↳ ◇' | head -200 || true
-if ! grep -qE 'Test run with [0-9]+ tests? in [0-9]+ suites? passed' .build-test.log; then
-    echo "swift test failed" >&2
+log "3/5 swift test"
+status=0
+swift test > .build-test.log 2>&1 || status=$?
+grep -E '✘|^ *↳|Fatal error|Precondition failed|error:' .build-test.log | grep -v '↳ ◇' | grep -v 'Testing Library Version\|Target Platform' | head -200 || true
+grep -E 'Test run with' .build-test.log || true
+if [ "$status" != 0 ] || ! grep -qE 'Test run with [0-9]+ tests? in [0-9]+ suites? passed' .build-test.log; then
+    echo "swift test failed (full log: .build-test.log)" >&2
     exit 1
 fi
-grep -E 'Test run with' .build-test.log
+
+log "4/5 Python end-to-end and fuzz suites (release server vs PyTorch)"
+swift build -c release --product gradserve 2>&1 | grep -E 'error|Build complete' || true
+[ -x .build/release/gradserve ] || { echo "release build failed" >&2; exit 1; }
+GRADSERVE_BIN=.build/release/gradserve "$PY" -m pytest tests/python -q -p no:cacheprovider
+
+log "5/5 OpenAPI contract (openapi-spec-validator + schemathesis)"
+GRADSERVE_BIN=.build/release/gradserve GRADSERVE_VENV="$GRADSERVE_VENV" tests/contract/run_contract.sh
