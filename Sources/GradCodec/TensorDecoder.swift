@@ -157,7 +157,7 @@ public enum TensorDecoder {
             }
         }
         func describe(_ s: [Int]) -> String {
-            s.isEmpty ? "a number" : (s.count == 1 ? "\(s[0]) numbers" : "an array of shape \(Shape.describe(s))")
+            s.isEmpty ? "a number" : (s.count == 1 ? (s[0] == 1 ? "1 number" : "\(s[0]) numbers") : "an array of shape \(Shape.describe(s))")
         }
         let reference = items.first.flatMap(shapeOf)
         for (i, item) in items.enumerated() {

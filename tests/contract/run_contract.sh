@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Contract test: the OpenAPI document is valid, and a running gradserve answers as it says.
+#
+#   1. validates Sources/GradServer/Resources/openapi.yaml with openapi-spec-validator;
+#   2. starts a copy of the server binary on a free port with a scratch data directory;
+#   3. runs schemathesis against the server's own GET /openapi.yaml: no 5xx, every status, content
+#      type, header and body as documented, 405 + Allow for undocumented methods, schema-invalid
+#      requests refused, and every operation with valid examples answering 2xx at least once;
+#   4. stops the server. Exits non-zero on any failure (including the server dying mid-run).
+#
+# Environment:
+#   GRADSERVE_BIN            server binary (default .build/release/gradserve); copied first, with its
+#                            resource bundle, so a rebuild during the run does not disturb it
+#   GRADSERVE_VENV           Python venv (default ~/.cache/gradserve/venv); openapi-spec-validator and
+#                            schemathesis are pip-installed into it when missing
+#   CONTRACT_MAX_EXAMPLES    schemathesis examples per operation (default 30)
+#   CONTRACT_TIMEOUT         seconds allowed for the schemathesis run (default 170)
+#   CONTRACT_ALLOW_STALE=1   when the binary serves an older document than the source (not rebuilt
+#                            since the spec changed), test the source document instead of failing
+#   CONTRACT_REPORT_DIR      keep the JUnit report and server log there (default: a temp dir, removed)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+SPEC=Sources/GradServer/Resources/openapi.yaml
+VENV="${GRADSERVE_VENV:-$HOME/.cache/gradserve/venv}"
+BIN="${GRADSERVE_BIN:-.build/release/gradserve}"
+MAX_EXAMPLES="${CONTRACT_MAX_EXAMPLES:-30}"
+RUN_TIMEOUT="${CONTRACT_TIMEOUT:-170}"
+
+log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+fail() { printf '\033[31mFAIL: %s\033[0m\n' "$*" >&2; exit 1; }
+
+# ---------------------------------------------------------------- tools
+if ! [ -x "$VENV/bin/python" ]; then
+    log "creating $VENV"
+    python3 -m venv "$VENV"
+fi
+if ! "$VENV/bin/python" -c 'import schemathesis, openapi_spec_validator' 2>/dev/null; then
+    log "installing openapi-spec-validator and schemathesis into $VENV"
+    "$VENV/bin/pip" install -q openapi-spec-validator schemathesis
+fi
+
+# ---------------------------------------------------------------- 1. the document
+log "openapi-spec-validator $SPEC"
+"$VENV/bin/openapi-spec-validator" "$SPEC"
+[ "$(readlink -f openapi.yaml)" = "$(readlink -f "$SPEC")" ] || fail "openapi.yaml at the repo root must be a symlink to $SPEC"
+
+# ---------------------------------------------------------------- 2. the server
+[ -x "$BIN" ] || fail "no server binary at $BIN (build it with: swift build -c release, or set GRADSERVE_BIN)"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/gradserve-contract.XXXXXX")
+REPORT_DIR="${CONTRACT_REPORT_DIR:-$WORK/report}"
+mkdir -p "$REPORT_DIR" "$WORK/bin" "$WORK/data"
+SERVER_PID=
+cleanup() {
+    if [ -n "$SERVER_PID" ] && kill -0 "$SERVER_PID" 2>/dev/null; then
+        kill "$SERVER_PID" 2>/dev/null || true
+        for _ in $(seq 50); do kill -0 "$SERVER_PID" 2>/dev/null || break; sleep 0.1; done
+        kill -9 "$SERVER_PID" 2>/dev/null || true
+    fi
+    if [ -z "${CONTRACT_REPORT_DIR:-}" ]; then rm -rf "$WORK"; fi
+}
+trap cleanup EXIT
+
+# The binary finds openapi.yaml in the resource bundle next to it (else in the build folder).
+cp "$BIN" "$WORK/bin/gradserve"
+BUNDLE="$(dirname "$BIN")/gradserve_GradServer.resources"
+[ -d "$BUNDLE" ] && cp -R "$BUNDLE" "$WORK/bin/"
+
+PORT=$("$VENV/bin/python" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+BASE="http://127.0.0.1:$PORT"
+SERVER_LOG="$REPORT_DIR/server.log"
+log "starting $BIN (copy) on port $PORT, data dir $WORK/data"
+# Short bounds keep generated benchmark and Jacobian requests from dominating the run time.
+"$WORK/bin/gradserve" serve --host 127.0.0.1 --port "$PORT" --data-dir "$WORK/data" \
+    --workers 4 --deadline 20 --benchmark-max-seconds 0.5 >"$SERVER_LOG" 2>&1 &
+SERVER_PID=$!
+for i in $(seq 100); do
+    if curl -fsS "$BASE/healthz" >/dev/null 2>&1; then break; fi
+    kill -0 "$SERVER_PID" 2>/dev/null || { cat "$SERVER_LOG" >&2; fail "the server exited at start"; }
+    [ "$i" = 100 ] && fail "the server did not answer /healthz within 20 s"
+    sleep 0.2
+done
+
+# ---------------------------------------------------------------- 3. schemathesis
+curl -fsS "$BASE/openapi.yaml" -o "$WORK/served.yaml" || fail "GET /openapi.yaml failed"
+LOCATION="$BASE/openapi.yaml"
+EXTRA=()
+STALE=0
+if ! cmp -s "$WORK/served.yaml" "$SPEC"; then
+    STALE=1
+    if [ "${CONTRACT_ALLOW_STALE:-0}" = 1 ]; then
+        log "WARNING: the binary serves an older openapi.yaml than $SPEC (rebuild it); testing the source document"
+        LOCATION="$ROOT/$SPEC"
+        EXTRA=(--url "$BASE" --exclude-path /openapi.yaml)
+    else
+        log "the binary serves an older openapi.yaml than $SPEC; rebuild it (or CONTRACT_ALLOW_STALE=1 to test the source document)"
+    fi
+fi
+
+CHECKS=not_a_server_error,status_code_conformance,content_type_conformance,response_schema_conformance
+CHECKS+=,response_headers_conformance,negative_data_rejection,unsupported_method,allow_header_conformance
+CHECKS+=,operations_reach_success
+log "schemathesis ($MAX_EXAMPLES examples per operation, deterministic) against $LOCATION"
+set +e
+PYTHONPATH="$ROOT/tests/contract${PYTHONPATH:+:$PYTHONPATH}" SCHEMATHESIS_HOOKS=st_hooks \
+    timeout --kill-after=10 "$RUN_TIMEOUT" "$VENV/bin/schemathesis" --no-color run "$LOCATION" "${EXTRA[@]}" \
+    --checks "$CHECKS" \
+    --max-examples "$MAX_EXAMPLES" \
+    --generation-deterministic \
+    --workers 2 \
+    --request-timeout 30 \
+    --report junit --report-dir "$REPORT_DIR"
+RC=$?
+set -e
+
+# ---------------------------------------------------------------- 4. verdict
+STATUS=0
+if [ "$RC" = 124 ] || [ "$RC" = 137 ]; then
+    printf 'FAIL: schemathesis did not finish within %s s\n' "$RUN_TIMEOUT" >&2
+    STATUS=1
+elif [ "$RC" != 0 ]; then
+    printf 'FAIL: schemathesis found failures (exit %s)\n' "$RC" >&2
+    STATUS=1
+fi
+if ! kill -0 "$SERVER_PID" 2>/dev/null; then
+    printf 'FAIL: the server died during the run; its log ends with:\n' >&2
+    CRASH=$(grep -E 'crashed:|Fatal error|at /.*/Sources/' "$SERVER_LOG" | grep -v '/.build/checkouts/' | head -8 || true)
+    if [ -n "$CRASH" ]; then printf '%s\n' "$CRASH" >&2; else tail -20 "$SERVER_LOG" >&2; fi
+    STATUS=1
+fi
+if [ "$STALE" = 1 ] && [ "${CONTRACT_ALLOW_STALE:-0}" != 1 ]; then
+    printf 'FAIL: GET /openapi.yaml is not %s (stale binary)\n' "$SPEC" >&2
+    STATUS=1
+fi
+if [ "$STATUS" = 0 ]; then log "contract: OK"; else log "contract: FAILED (reports in ${CONTRACT_REPORT_DIR:-a temp dir; set CONTRACT_REPORT_DIR to keep them})"; fi
+exit "$STATUS"
