@@ -79,7 +79,7 @@ public enum Safetensors {
         guard !overflow, end - begin == bytes else {
             throw .invalid("\(name).data_offsets", "expected \(count) × \(dtype.byteCount) bytes for \(dt) \(Shape.describe(shape)), got \(end - begin)")
         }
-        return try TensorDecoder.fromBytes(Array(data[begin..<end]), shape: shape, dtype: dtype, at: name)
+        return try TensorDecoder.fromBytes(UnsafeRawBufferPointer(rebasing: data[begin..<end]), shape: shape, dtype: dtype, at: name)
     }
 
     /// The data section for `tensors`: their bytes, in order.

@@ -109,26 +109,32 @@ public enum TensorDecoder {
 
     /// Little-endian bytes to a typed tensor, refusing NaN and infinities.
     static func fromBytes(_ bytes: [UInt8], shape: [Int], dtype: DType, at path: String) throws(GradError) -> AnyTensor {
-        let count = bytes.count / dtype.byteCount
+        let result: Result<AnyTensor, GradError> = bytes.withUnsafeBytes { raw in
+            do throws(GradError) { return .success(try fromBytes(raw, shape: shape, dtype: dtype, at: path)) } catch { return .failure(error) }
+        }
+        return try result.get()
+    }
+
+    /// Little-endian bytes to a typed tensor (one `memcpy` on little-endian hosts), refusing NaN and infinities.
+    static func fromBytes(_ raw: UnsafeRawBufferPointer, shape: [Int], dtype: DType, at path: String) throws(GradError) -> AnyTensor {
         switch dtype {
         case .float32:
-            let v = [Float](unsafeUninitializedCapacity: count) { buf, n in
-                bytes.withUnsafeBytes { raw in
-                    for i in 0..<count { buf[i] = Float(bitPattern: UInt32(littleEndian: raw.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self))) }
-                }
-                n = count
-            }
-            if let bad = v.firstIndex(where: { !$0.isFinite }) { throw .invalid(path, "non-finite value \(v[bad]) at flat index \(bad)") }
+            let v = copyScalars(raw, as: Float.self)
+            if let bad = FiniteCheck.firstNonFinite(v) { throw .invalid(path, "non-finite value \(v[bad]) at flat index \(bad)") }
             return .float32(Tensor(shape: shape, scalars: v))
         case .float64:
-            let v = [Double](unsafeUninitializedCapacity: count) { buf, n in
-                bytes.withUnsafeBytes { raw in
-                    for i in 0..<count { buf[i] = Double(bitPattern: UInt64(littleEndian: raw.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self))) }
-                }
-                n = count
-            }
-            if let bad = v.firstIndex(where: { !$0.isFinite }) { throw .invalid(path, "non-finite value \(v[bad]) at flat index \(bad)") }
+            let v = copyScalars(raw, as: Double.self)
+            if let bad = FiniteCheck.firstNonFinite(v) { throw .invalid(path, "non-finite value \(v[bad]) at flat index \(bad)") }
             return .float64(Tensor(shape: shape, scalars: v))
+        }
+    }
+
+    private static func copyScalars<T: BLASScalar>(_ raw: UnsafeRawBufferPointer, as: T.Type) -> [T] {
+        let count = raw.count / MemoryLayout<T>.size
+        return [T](unsafeUninitializedCapacity: count) { buf, n in
+            // x86-64 and arm64 are little-endian, as the wire format is.
+            if count > 0 { UnsafeMutableRawPointer(buf.baseAddress!).copyMemory(from: raw.baseAddress!, byteCount: count * MemoryLayout<T>.size) }
+            n = count
         }
     }
 

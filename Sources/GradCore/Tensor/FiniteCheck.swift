@@ -1,0 +1,23 @@
+/// Finite checks over whole tensors, run on every input: a branch-free OR over the exponent
+/// bits that the compiler vectorizes, then a scalar search only when something is wrong.
+public enum FiniteCheck {
+    /// The flat index of the first NaN or infinity, or nil.
+    public static func firstNonFinite<S: BLASScalar>(_ a: [S]) -> Int? {
+        let allFinite: Bool = a.withUnsafeBufferPointer { p in
+            if S.self == Float.self {
+                let bits = UnsafeRawPointer(p.baseAddress!).assumingMemoryBound(to: UInt32.self)
+                var bad: UInt32 = 0
+                for i in 0..<p.count { bad |= (bits[i] & 0x7F80_0000) == 0x7F80_0000 ? 1 : 0 }
+                return bad == 0
+            }
+            if S.self == Double.self {
+                let bits = UnsafeRawPointer(p.baseAddress!).assumingMemoryBound(to: UInt64.self)
+                var bad: UInt64 = 0
+                for i in 0..<p.count { bad |= (bits[i] & 0x7FF0_0000_0000_0000) == 0x7FF0_0000_0000_0000 ? 1 : 0 }
+                return bad == 0
+            }
+            return p.allSatisfy { $0.isFinite }
+        }
+        return allFinite ? nil : a.firstIndex { !$0.isFinite }
+    }
+}
