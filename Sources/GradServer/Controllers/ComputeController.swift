@@ -49,17 +49,24 @@ struct ComputeController<Context: RequestContext>: Sendable {
     }
 }
 
-/// Reads a request body within the size limit; a declared length above it is refused at once.
+/// Reads a request body within the size limit: a declared length above it is refused at once,
+/// a chunked body as soon as it passes the limit. The buffer is sized from `Content-Length`, so
+/// a megabyte body is not copied again each time the buffer grows.
 enum BodyReader {
     static func collect(_ request: Request, limit: Int) async throws -> ByteBuffer {
-        if let declared = request.headers[.contentLength].flatMap({ Int($0) }), declared > limit {
+        let declared = request.headers[.contentLength].flatMap { Int($0) }
+        if let declared, declared > limit {
             throw Problem(.contentTooLarge, title: "Body too large", detail: "the body declares \(declared) bytes; the limit is \(limit) (--max-body-bytes)")
         }
-        var request = request
-        do {
-            return try await request.collectBody(upTo: limit)
-        } catch let e as HTTPError where e.status == .contentTooLarge {
-            throw Problem(.contentTooLarge, title: "Body too large", detail: "the body is larger than the limit of \(limit) bytes (--max-body-bytes)")
+        var buffer = ByteBufferAllocator().buffer(capacity: min(declared ?? 16_384, limit))
+        var total = 0
+        for try await fragment in request.body {
+            total += fragment.readableBytes
+            if total > limit {
+                throw Problem(.contentTooLarge, title: "Body too large", detail: "the body is larger than the limit of \(limit) bytes (--max-body-bytes)")
+            }
+            buffer.writeImmutableBuffer(fragment)
         }
+        return buffer
     }
 }

@@ -1,6 +1,7 @@
 import GradCodec
 import GradCore
 import Hummingbird
+import NIOCore
 
 /// An RFC 9457 problem: every error the service answers, as `application/problem+json`.
 public struct Problem: Error, HTTPResponseError, Sendable {
@@ -83,6 +84,8 @@ extension Problem {
             case .deadlineExceeded:
                 return Problem(.gatewayTimeout, title: "Deadline exceeded", detail: "the request did not finish within the server's deadline")
             }
+        case is NIOTooManyBytesError:
+            return Problem(.contentTooLarge, title: "Body too large", detail: "the request body is larger than the server's limit (--max-body-bytes)")
         case let e as JSONParseError:
             return Problem(.badRequest, title: "Malformed JSON", detail: e.description)
         case let e as HTTPError:
