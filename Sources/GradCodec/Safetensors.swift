@@ -95,9 +95,14 @@ public enum Safetensors {
         return out
     }
 
-    /// Writes tensors (in order) and metadata as a safetensors file; `payload` is their data section
-    /// when already built.
-    public static func write(_ tensors: [(name: String, tensor: AnyTensor)], metadata: [(String, String)], payload: [UInt8]? = nil) -> [UInt8] {
+    /// Writes tensors (in order) and metadata as a safetensors file.
+    public static func write(_ tensors: [(name: String, tensor: AnyTensor)], metadata: [(String, String)]) -> [UInt8] {
+        header(tensors, metadata: metadata) + payload(tensors)
+    }
+
+    /// The file up to its data section: the 8-byte length and the JSON header (padded to 8 bytes).
+    /// The data section is the tensors' bytes in the same order (``payload(_:)``).
+    public static func header(_ tensors: [(name: String, tensor: AnyTensor)], metadata: [(String, String)]) -> [UInt8] {
         var offsets: [(Int, Int)] = []
         var total = 0
         for (_, t) in tensors {
@@ -133,13 +138,10 @@ public enum Safetensors {
             h.endObject()
         }
         h.endObject()
-        var header = h.bytes
-        while header.count % 8 != 0 { header.append(UInt8(ascii: " ")) }
-        var out = [UInt8]()
-        out.reserveCapacity(8 + header.count + total)
-        withUnsafeBytes(of: UInt64(header.count).littleEndian) { out.append(contentsOf: $0) }
-        out.append(contentsOf: header)
-        out.append(contentsOf: payload ?? Self.payload(tensors))
+        var json = h.takeBytes()
+        while json.count % 8 != 0 { json.append(UInt8(ascii: " ")) }
+        var out = withUnsafeBytes(of: UInt64(json.count).littleEndian) { Array($0) }
+        out += json
         return out
     }
 }

@@ -6,15 +6,16 @@ public enum FiniteCheck {
         let allFinite: Bool = a.withUnsafeBufferPointer { p in
             if S.self == Float.self {
                 let bits = UnsafeRawPointer(p.baseAddress!).assumingMemoryBound(to: UInt32.self)
+                // An all-ones exponent plus one carries into the sign bit; any other does not.
                 var bad: UInt32 = 0
-                for i in 0..<p.count { bad |= (bits[i] & 0x7F80_0000) == 0x7F80_0000 ? 1 : 0 }
-                return bad == 0
+                for i in 0..<p.count { bad |= (bits[i] & 0x7F80_0000) &+ 0x0080_0000 }
+                return bad & 0x8000_0000 == 0
             }
             if S.self == Double.self {
                 let bits = UnsafeRawPointer(p.baseAddress!).assumingMemoryBound(to: UInt64.self)
                 var bad: UInt64 = 0
-                for i in 0..<p.count { bad |= (bits[i] & 0x7FF0_0000_0000_0000) == 0x7FF0_0000_0000_0000 ? 1 : 0 }
-                return bad == 0
+                for i in 0..<p.count { bad |= (bits[i] & 0x7FF0_0000_0000_0000) &+ 0x0010_0000_0000_0000 }
+                return bad & 0x8000_0000_0000_0000 == 0
             }
             return p.allSatisfy { $0.isFinite }
         }

@@ -64,6 +64,9 @@ public enum AnyTensor: Sendable, Equatable {
     /// The elements as `Double`.
     public var doubles: [Double] { cast(to: Double.self).scalars }
 
+    /// Bytes of the elements.
+    public var byteCount: Int { (Shape.elementCount(shape) ?? 0) * dtype.byteCount }
+
     /// Wraps a typed tensor.
     public init<S: BLASScalar>(_ t: Tensor<S>) {
         if let f = t as? Tensor<Float> {

@@ -1,5 +1,6 @@
 import GradCodec
 import GradCore
+import NIOCore
 
 /// How an answer's tensors are written (`output_encoding`).
 enum OutputEncoding: String, CaseIterable {
@@ -37,8 +38,10 @@ struct Answer: Sendable {
     var elementCount: Int { fields.reduce(0) { if case .tensor(let t) = $1.value { $0 + (Shape.elementCount(t.shape) ?? 0) } else { $0 } } }
 
     /// The encoded body and its content type. `trailer` is called once the tensors are written
-    /// and its fields are appended (the `timing` object, which includes the encoding time itself).
-    func encode(_ encoding: OutputEncoding, trailer: () -> Answer) -> (bytes: [UInt8], contentType: String) {
+    /// and its fields are appended (the `timing` object, which includes the encoding time itself;
+    /// for safetensors, where the header precedes the data, the final copy of the tensor bytes into
+    /// the body comes after it).
+    func encode(_ encoding: OutputEncoding, trailer: () -> Answer) -> (body: ByteBuffer, contentType: String) {
         switch encoding {
         case .json, .base64:
             var w = JSONWriter(capacity: 1024 + elementCount * (encoding == .json ? 12 : 6))
@@ -47,7 +50,7 @@ struct Answer: Sendable {
             // The trailer's members go into the same object, written after the tensors were.
             Self.writeMembers(trailer().fields[...], depth: 0, into: &w, base64: true)
             w.endObject()
-            return (w.takeBytes(), "application/json")
+            return (ByteBuffer(bytes: w.takeBytes()), "application/json")
         case .safetensors:
             var tensors: [(String, AnyTensor)] = []
             var meta: [String: [(path: [String], value: Value)]] = [:]
@@ -63,7 +66,6 @@ struct Answer: Sendable {
                 }
             }
             let data = tensors.map { (name: $0.0, tensor: $0.1) }
-            let payload = Safetensors.payload(data)
             for (path, value) in trailer().fields {
                 if meta[path[0]] == nil { metaOrder.append(path[0]) }
                 meta[path[0], default: []].append((path, value))
@@ -79,7 +81,17 @@ struct Answer: Sendable {
                     metadata.append((key, String(decoding: w.bytes, as: UTF8.self)))
                 }
             }
-            return (Safetensors.write(data, metadata: metadata, payload: payload), "application/octet-stream")
+            // One copy of the tensor bytes, straight into the body.
+            let header = Safetensors.header(data, metadata: metadata)
+            var body = ByteBufferAllocator().buffer(capacity: header.count + data.reduce(0) { $0 + $1.tensor.byteCount })
+            body.writeBytes(header)
+            for (_, t) in data {
+                switch t {
+                case .float32(let f): f.scalars.withUnsafeBytes { _ = body.writeBytes($0) }
+                case .float64(let d): d.scalars.withUnsafeBytes { _ = body.writeBytes($0) }
+                }
+            }
+            return (body, "application/octet-stream")
         }
     }
 

@@ -45,7 +45,7 @@ struct ComputeController<Context: RequestContext>: Sendable {
         var headers = HTTPFields()
         headers[.contentType] = type
         headers[.serverTiming] = serverTiming
-        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: bytes))
     }
 }
 
