@@ -136,7 +136,17 @@ public struct JSONWriter {
         key("data")
         separate()
         bytes.append(UInt8(ascii: "\""))
-        t.scalars.withUnsafeBytes { raw in bytes.append(contentsOf: Base64.encodeToBytes(bytes: raw)) }
+        // Encode straight into the output (no intermediate array): grow it by the encoded length,
+        // then let the encoder fill that region.
+        let n = Base64.encodedLength(bytesCount: t.count * MemoryLayout<S>.size)
+        let start = bytes.count
+        bytes.append(contentsOf: repeatElement(0, count: n))
+        t.scalars.withUnsafeBytes { raw in
+            bytes.withUnsafeMutableBufferPointer { out in
+                var region = MutableSpan(_unsafeElements: UnsafeMutableBufferPointer(rebasing: out[start..<(start + n)]))
+                _ = Base64.encode(bytes: Span(_unsafeElements: raw.bindMemory(to: UInt8.self)), into: &region)
+            }
+        }
         bytes.append(UInt8(ascii: "\""))
         endObject()
     }

@@ -78,16 +78,26 @@ public enum TensorDecoder {
         case (_, nil):
             throw .invalid("\(path).data", "required")
         case ("base64", .string(let text)?):
-            let bytes: [UInt8]
-            do { bytes = try Base64.decode(bytes: text.utf8) } catch {
-                throw .invalid("\(path).data", "invalid base64 (\(error))")
-            }
             let expected = count * dtype.byteCount
-            if bytes.count != expected {
-                throw .invalid(
-                    "\(path).data", "expected \(expected) bytes (\(count) × \(dtype.rawValue) for shape \(Shape.describe(shape))), got \(bytes.count)")
+            let decoded: AnyTensor?
+            switch dtype {
+            case .float32: decoded = decodeBase64(text, count: count, as: Float.self).map { .float32(Tensor(shape: shape, scalars: $0)) }
+            case .float64: decoded = decodeBase64(text, count: count, as: Double.self).map { .float64(Tensor(shape: shape, scalars: $0)) }
             }
-            return try fromBytes(bytes, shape: shape, dtype: dtype, at: "\(path).data")
+            guard let decoded else {
+                // Slow path for the message: how many bytes the text really holds, or why it is not base64.
+                let got: [UInt8]
+                do { got = try Base64.decode(bytes: text.utf8) } catch { throw .invalid("\(path).data", "invalid base64 (\(error))") }
+                throw .invalid(
+                    "\(path).data", "expected \(expected) bytes (\(count) × \(dtype.rawValue) for shape \(Shape.describe(shape))), got \(got.count)")
+            }
+            switch decoded {
+            case .float32(let t):
+                if let bad = FiniteCheck.firstNonFinite(t.scalars) { throw .invalid("\(path).data", "non-finite value \(t.scalars[bad]) at flat index \(bad)") }
+            case .float64(let t):
+                if let bad = FiniteCheck.firstNonFinite(t.scalars) { throw .invalid("\(path).data", "non-finite value \(t.scalars[bad]) at flat index \(bad)") }
+            }
+            return decoded
         case ("base64", let other?):
             throw .invalid("\(path).data", "expected a base64 string, got \(other.typeName)")
         case (nil, .numbers(let s, let values)?) where s.count == 1:
@@ -127,6 +137,27 @@ public enum TensorDecoder {
             if let bad = FiniteCheck.firstNonFinite(v) { throw .invalid(path, "non-finite value \(v[bad]) at flat index \(bad)") }
             return .float64(Tensor(shape: shape, scalars: v))
         }
+    }
+
+    /// Decodes base64 text straight into the storage of `count` scalars (no intermediate byte
+    /// array); nil when the text is not valid base64 of exactly that many bytes.
+    private static func decodeBase64<T: BLASScalar>(_ text: String, count: Int, as: T.Type) -> [T]? {
+        var text = text
+        let size = count * MemoryLayout<T>.size
+        // The decoder wants room for the longest decoding of the text (up to 2 bytes of padding slack).
+        guard Base64.decodedLength(bytesCount: text.utf8.count) <= size + 2 else { return nil }
+        var ok = false
+        let values = text.withUTF8 { input -> [T] in
+            [T](unsafeUninitializedCapacity: count + 1) { buf, n in
+                let written = buf.withMemoryRebound(to: UInt8.self) { bytes -> Int in
+                    var region = MutableSpan(_unsafeElements: bytes)
+                    return (try? Base64.decode(bytes: Span(_unsafeElements: input), into: &region)) ?? -1
+                }
+                ok = written == size
+                n = ok ? count : 0
+            }
+        }
+        return ok ? values : nil
     }
 
     private static func copyScalars<T: BLASScalar>(_ raw: UnsafeRawBufferPointer, as: T.Type) -> [T] {
