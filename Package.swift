@@ -1,5 +1,17 @@
 // swift-tools-version:6.1
+import Foundation
 import PackageDescription
+
+// The elementwise kernels (activation rules, derivative scaling) vectorize with AVX2/FMA, which
+// made the ToyMLP VJP/JVP at B = 256 ~5% faster here. Every x86-64 server CPU since 2013 has
+// them; `gradserve` checks at start and says so if not. GRADSERVE_PORTABLE=1 builds without.
+#if arch(x86_64)
+    let vectorISA: [SwiftSetting] =
+        ProcessInfo.processInfo.environment["GRADSERVE_PORTABLE"] == nil
+        ? [.unsafeFlags(["-target-cpu", "haswell"]), .define("GRADCORE_AVX2")] : []
+#else
+    let vectorISA: [SwiftSetting] = []
+#endif
 
 let package = Package(
     name: "gradserve",
@@ -32,7 +44,8 @@ let package = Package(
             dependencies: [
                 "COpenBLAS",
                 .product(name: "RealModule", package: "swift-numerics"),
-            ]
+            ],
+            swiftSettings: vectorISA
         ),
         .target(
             name: "GradCodec",

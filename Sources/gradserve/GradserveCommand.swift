@@ -8,6 +8,23 @@ import Prometheus
 
 @main
 struct GradserveCommand: AsyncParsableCommand {
+    static func main() async {
+        if BuildInfo.requiresAVX2, !BuildInfo.cpuHasAVX2 {
+            FileHandle.standardError.write(Data("gradserve: this build uses AVX2/FMA, which this CPU lacks; rebuild with GRADSERVE_PORTABLE=1\n".utf8))
+            Foundation.exit(1)
+        }
+        do {
+            var command = try parseAsRoot()
+            if var asyncCommand = command as? AsyncParsableCommand {
+                try await asyncCommand.run()
+            } else {
+                try command.run()
+            }
+        } catch {
+            exit(withError: error)
+        }
+    }
+
     static let configuration = CommandConfiguration(
         commandName: "gradserve",
         abstract: "Derivatives of neural networks as a service: VJPs, JVPs, Jacobians and divergences on OpenBLAS.",
