@@ -36,16 +36,16 @@ ensure_swift() {
 
 # A cached virtual environment outside the repo with PyTorch (CPU use) for reference checks.
 ensure_venv() {
-    if [ -x "$GRADSERVE_VENV/bin/python" ] && "$GRADSERVE_VENV/bin/python" -c 'import torch, numpy, pytest, requests, schemathesis, openapi_spec_validator' 2>/dev/null; then
+    if [ -x "$GRADSERVE_VENV/bin/python" ] && "$GRADSERVE_VENV/bin/python" -c 'import torch, numpy, pytest, requests, schemathesis, openapi_spec_validator, nbclient, nbformat, ipykernel, matplotlib' 2>/dev/null; then
         return
     fi
     if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
         log "installing python3-venv (apt)"
         apt_install python3 python3-venv python3-pip
     fi
-    log "setting up $GRADSERVE_VENV: numpy, torch, pytest, requests, schemathesis, openapi-spec-validator (once; PyTorch is large)"
+    log "setting up $GRADSERVE_VENV: numpy, torch, pytest, requests, schemathesis, openapi-spec-validator, nbclient, matplotlib (once; PyTorch is large)"
     mkdir -p "$(dirname "$GRADSERVE_VENV")"
     [ -x "$GRADSERVE_VENV/bin/python" ] || python3 -m venv "$GRADSERVE_VENV"
     "$GRADSERVE_VENV/bin/pip" install -q --upgrade pip
-    "$GRADSERVE_VENV/bin/pip" install -q numpy torch pytest requests schemathesis openapi-spec-validator
+    "$GRADSERVE_VENV/bin/pip" install -q numpy torch pytest requests schemathesis openapi-spec-validator nbclient nbformat ipykernel matplotlib
 }
