@@ -134,21 +134,26 @@ public struct JSONWriter {
         key("encoding")
         string("base64")
         key("data")
+        base64String(t.scalars)
+        endObject()
+    }
+
+    /// The elements' little-endian bytes as one base64 string value.
+    public mutating func base64String<S: BLASScalar>(_ scalars: [S]) {
         separate()
         bytes.append(UInt8(ascii: "\""))
         // Encode straight into the output (no intermediate array): grow it by the encoded length,
         // then let the encoder fill that region.
-        let n = Base64.encodedLength(bytesCount: t.count * MemoryLayout<S>.size)
+        let n = Base64.encodedLength(bytesCount: scalars.count * MemoryLayout<S>.size)
         let start = bytes.count
         bytes.append(contentsOf: repeatElement(0, count: n))
-        t.scalars.withUnsafeBytes { raw in
+        scalars.withUnsafeBytes { raw in
             bytes.withUnsafeMutableBufferPointer { out in
                 var region = MutableSpan(_unsafeElements: UnsafeMutableBufferPointer(rebasing: out[start..<(start + n)]))
                 _ = Base64.encode(bytes: Span(_unsafeElements: raw.bindMemory(to: UInt8.self)), into: &region)
             }
         }
         bytes.append(UInt8(ascii: "\""))
-        endObject()
     }
 
     private mutating func writeNumber<S: BinaryFloatingPoint & LosslessStringConvertible>(_ v: S) {

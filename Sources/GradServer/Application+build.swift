@@ -40,6 +40,8 @@ public func buildRouter(
     v1.addRoutes(ComputeController(pool: pool, runner: runner, configuration: configuration).endpoints)
     v1.addRoutes(ModelsController(registry: registry, pool: pool, configuration: configuration).endpoints, atPath: "models")
     BenchmarkController(pool: pool, runner: runner, configuration: configuration).addRoutes(to: v1)
+    TesseractController<BasicRequestContext>(registry: registry, pool: pool, configuration: configuration).addRoutes(to: router)
+    UMBridgeController<BasicRequestContext>(registry: registry, pool: pool, configuration: configuration).addRoutes(to: router)
     return router
 }
 
