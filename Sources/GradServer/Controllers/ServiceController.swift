@@ -88,6 +88,13 @@ struct ServiceController<Context: RequestContext>: Sendable {
             for op in Operation.allCases { w.string(op.rawValue) }
             w.string("benchmark")
             w.endArray()
+            w.key("protocols")
+            w.beginObject()
+            w.key("tesseract")
+            w.string("/tesseract/{id}/")
+            w.key("umbridge")
+            w.string("/umbridge/{id}/")
+            w.endObject()
             w.key("output_encodings")
             w.beginArray()
             for e in OutputEncoding.allCases { w.string(e.rawValue) }
