@@ -1,7 +1,10 @@
 import GradCore
 import Hummingbird
+import HummingbirdCore
+import HummingbirdTLS
 import Logging
 import NIOCore
+import NIOSSL
 import Prometheus
 import ServiceLifecycle
 
@@ -16,9 +19,22 @@ public func buildApplication(
     let pool = ComputePool(workers: configuration.workers, maxQueued: configuration.maxQueued, metrics: metrics)
     let router = buildRouter(configuration, registry: registry, pool: pool, metrics: metrics)
     let maxBody = configuration.maxBodyBytes
+    var server: HTTPServerBuilder = .http1(
+        configuration: .init(additionalChannelHandlers: [ExpectContinueHandler(maxBodyBytes: maxBody)], idleTimeout: .seconds(120)))
+    if let certPath = configuration.tlsCertificatePath, let keyPath = configuration.tlsKeyPath {
+        let chain: [NIOSSLCertificateSource]
+        let key: NIOSSLPrivateKey
+        do { chain = try NIOSSLCertificate.fromPEMFile(certPath).map { .certificate($0) } } catch {
+            throw StartupError(message: "--tls-cert \(certPath): cannot read a PEM certificate chain (\(error))")
+        }
+        do { key = try NIOSSLPrivateKey(file: keyPath, format: .pem) } catch {
+            throw StartupError(message: "--tls-key \(keyPath): cannot read a PEM private key (\(error))")
+        }
+        server = try .tls(server, tlsConfiguration: .makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key)))
+    }
     return Application(
         router: router,
-        server: .http1(configuration: .init(additionalChannelHandlers: [ExpectContinueHandler(maxBodyBytes: maxBody)], idleTimeout: .seconds(120))),
+        server: server,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "gradserve/\(GradserveVersion.current)"),
         services: [ComputePoolService(pool: pool)],
         logger: logger)
@@ -65,4 +81,10 @@ struct ComputePoolService: Service {
         try? await gracefulShutdown()
         try await pool.shutdown()
     }
+}
+
+/// A configuration problem found while starting (a certificate that cannot be read, …).
+public struct StartupError: Error, CustomStringConvertible {
+    public var message: String
+    public var description: String { message }
 }

@@ -24,6 +24,9 @@ public struct ServerConfiguration: Sendable {
     public var benchmarkMaxSeconds = 30.0
     /// Bearer token required on `/v1/*` when set.
     public var apiKey: String?
+    /// PEM certificate chain and private key: with both, the server speaks HTTPS only.
+    public var tlsCertificatePath: String?
+    public var tlsKeyPath: String?
 
     /// The defaults.
     public init() {}

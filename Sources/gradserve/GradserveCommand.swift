@@ -46,6 +46,8 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "OpenBLAS threads per call. 1 (default) runs requests in parallel; with --workers 1, the core count gives one call all cores.")
     var blasThreads = 1
     @Option(help: "Longest run of one /v1/benchmark request, in seconds.") var benchmarkMaxSeconds = 30.0
+    @Option(help: "PEM certificate chain; with --tls-key the server speaks HTTPS only.") var tlsCert: String?
+    @Option(help: "PEM private key for --tls-cert.") var tlsKey: String?
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535") }
@@ -53,6 +55,7 @@ struct ServeCommand: AsyncParsableCommand {
             throw ValidationError("limits must be positive")
         }
         if let workers, workers < 1 { throw ValidationError("--workers must be at least 1") }
+        if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
     }
 
     func run() async throws {
@@ -69,6 +72,8 @@ struct ServeCommand: AsyncParsableCommand {
         config.deadlineSeconds = deadline
         config.blasThreads = blasThreads
         config.benchmarkMaxSeconds = benchmarkMaxSeconds
+        config.tlsCertificatePath = tlsCert
+        config.tlsKeyPath = tlsKey
         let metrics = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metrics))
         let app = try await buildApplication(config, metrics: metrics)
