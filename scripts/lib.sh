@@ -36,7 +36,7 @@ ensure_swift() {
 
 # A cached virtual environment outside the repo with PyTorch (CPU use) for reference checks.
 ensure_venv() {
-    if [ -x "$GRADSERVE_VENV/bin/python" ] && "$GRADSERVE_VENV/bin/python" -c 'import torch, numpy, pytest, requests, schemathesis, openapi_spec_validator, nbclient, nbformat, ipykernel, matplotlib' 2>/dev/null; then
+    if [ -x "$GRADSERVE_VENV/bin/python" ] && "$GRADSERVE_VENV/bin/python" -c 'import torch, numpy, pytest, requests, schemathesis, openapi_spec_validator, nbclient, nbformat, ipykernel, matplotlib, tesseract_core, tesseract_jax, umbridge' 2>/dev/null; then
         return
     fi
     if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
@@ -47,5 +47,5 @@ ensure_venv() {
     mkdir -p "$(dirname "$GRADSERVE_VENV")"
     [ -x "$GRADSERVE_VENV/bin/python" ] || python3 -m venv "$GRADSERVE_VENV"
     "$GRADSERVE_VENV/bin/pip" install -q --upgrade pip
-    "$GRADSERVE_VENV/bin/pip" install -q numpy torch pytest requests schemathesis openapi-spec-validator nbclient nbformat ipykernel matplotlib
+    "$GRADSERVE_VENV/bin/pip" install -q numpy torch pytest requests schemathesis openapi-spec-validator nbclient nbformat ipykernel matplotlib 'tesseract-core[runtime]' tesseract-jax umbridge
 }

@@ -7,6 +7,7 @@
 #   4. the Python end-to-end and fuzz suites against a live release server, checked against PyTorch
 #   5. the OpenAPI contract: openapi-spec-validator, then schemathesis against the live server
 #   6. the Python client (clients/python) against a live server, and the walkthrough notebook
+#   7. the official Tesseract (SDK, tesseract-jax) and UM-Bridge clients against the adapters
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -17,13 +18,13 @@ ensure_curl
 ensure_venv
 PY="$GRADSERVE_VENV/bin/python"
 
-log "1/6 swift format lint"
+log "1/7 swift format lint"
 swift format lint --strict -r Sources Tests
 
-log "2/6 fixtures regenerate byte for byte from PyTorch"
+log "2/7 fixtures regenerate byte for byte from PyTorch"
 "$PY" scripts/make_fixtures.py --check
 
-log "3/6 swift test"
+log "3/7 swift test"
 status=0
 swift test > .build-test.log 2>&1 || status=$?
 grep -E '✘|^ *↳|Fatal error|Precondition failed|error:' .build-test.log | grep -v '↳ ◇' | grep -v 'Testing Library Version\|Target Platform' | head -200 || true
@@ -33,14 +34,17 @@ if [ "$status" != 0 ] || ! grep -qE 'Test run with [0-9]+ tests? in [0-9]+ suite
     exit 1
 fi
 
-log "4/6 Python end-to-end and fuzz suites (release server vs PyTorch)"
+log "4/7 Python end-to-end and fuzz suites (release server vs PyTorch)"
 swift build -c release --product gradserve 2>&1 | grep -E 'error|Build complete' || true
 [ -x .build/release/gradserve ] || { echo "release build failed" >&2; exit 1; }
 BIN="$PWD/.build/release/gradserve"
 GRADSERVE_BIN="$BIN" "$PY" -m pytest tests/python -q -p no:cacheprovider
 
-log "5/6 OpenAPI contract (openapi-spec-validator + schemathesis)"
+log "5/7 OpenAPI contract (openapi-spec-validator + schemathesis)"
 GRADSERVE_BIN="$BIN" GRADSERVE_VENV="$GRADSERVE_VENV" tests/contract/run_contract.sh
 
-log "6/6 Python client and the walkthrough notebook"
+log "6/7 Python client and the walkthrough notebook"
 GRADSERVE_BIN="$BIN" GRADSERVE_VENV="$GRADSERVE_VENV" clients/python/run_tests.sh
+
+log "7/7 Tesseract and UM-Bridge clients against the adapters"
+GRADSERVE_BIN="$BIN" GRADSERVE_VENV="$GRADSERVE_VENV" tests/adapters/run_tests.sh

@@ -70,7 +70,17 @@ public func buildRouter(
     case "/v1/models": return [.get, .post]
     default:
         if p.hasPrefix("/v1/models/"), !p.dropFirst("/v1/models/".count).contains("/") { return [.get, .delete] }
-        return []
+        let parts = p.split(separator: "/")  // empty components dropped, as the router does
+        guard parts.count == 3 else { return [] }
+        switch (parts[0], parts[2]) {
+        case ("tesseract", "health"), ("tesseract", "openapi.json"), ("umbridge", "Info"): return [.get]
+        case ("tesseract", "apply"), ("tesseract", "abstract_eval"), ("tesseract", "vector_jacobian_product"),
+            ("tesseract", "jacobian_vector_product"), ("tesseract", "jacobian"), ("umbridge", "ModelInfo"), ("umbridge", "InputSizes"),
+            ("umbridge", "OutputSizes"), ("umbridge", "Evaluate"), ("umbridge", "Gradient"), ("umbridge", "ApplyJacobian"),
+            ("umbridge", "ApplyHessian"):
+            return [.post]
+        default: return []
+        }
     }
 }
 

@@ -3,10 +3,19 @@
 #
 #   1. validates Sources/GradServer/Resources/openapi.yaml with openapi-spec-validator;
 #   2. starts a copy of the server binary on a free port with a scratch data directory;
-#   3. runs schemathesis against the server's own GET /openapi.yaml: no 5xx, every status, content
+#   3. registers the model of the adapter examples (see below);
+#   4. runs schemathesis against the server's own GET /openapi.yaml: no 5xx, every status, content
 #      type, header and body as documented, 405 + Allow for undocumented methods, schema-invalid
 #      requests refused, and every operation with valid examples answering 2xx at least once;
-#   4. stops the server. Exits non-zero on any failure (including the server dying mid-run).
+#   5. stops the server. Exits non-zero on any failure (including the server dying mid-run).
+#
+# The Tesseract (/tesseract/{id}/…) and UM-Bridge (/umbridge/{id}/…) routes answer 2xx only for a
+# registered model id, which schemathesis cannot know. Model ids are content addresses (SHA-256 of the
+# canonical model), so the document's example id is known in advance: step 3 POSTs the `tiny-t` example
+# of POST /v1/models (read from the spec) and fails unless the server answers the id given as the example
+# of components.parameters.AdapterModelId; schemathesis's examples phase then reaches the adapters' success
+# paths with that id, while its generated ids exercise the unknown-id errors. A distinct model is used, not
+# the `tiny` one, because the example of DELETE /v1/models/{id} deletes `tiny` during the run.
 #
 # Environment:
 #   GRADSERVE_BIN            server binary (default .build/release/gradserve); copied first, with its
@@ -81,7 +90,34 @@ for i in $(seq 100); do
     sleep 0.2
 done
 
-# ---------------------------------------------------------------- 3. schemathesis
+# ---------------------------------------------------------------- 3. the adapters' example model
+log "registering the adapter examples' model (the tiny-t example of POST /v1/models)"
+"$VENV/bin/python" - "$ROOT/$SPEC" "$BASE" <<'PY' || fail "could not register the adapter examples' model"
+import json, sys, urllib.error, urllib.request
+import yaml
+
+spec_path, base = sys.argv[1], sys.argv[2]
+with open(spec_path) as f:
+    spec = yaml.safe_load(f)
+body = spec["paths"]["/v1/models"]["post"]["requestBody"]["content"]["application/json"]["examples"]["tiny-t"]["value"]
+expected = spec["components"]["parameters"]["AdapterModelId"]["example"]
+request = urllib.request.Request(base + "/v1/models", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"})
+try:
+    with urllib.request.urlopen(request, timeout=10) as response:
+        status, answer = response.status, json.load(response)
+except urllib.error.HTTPError as e:
+    sys.exit(f"POST /v1/models answered {e.code}: {e.read().decode(errors='replace')}")
+if status not in (200, 201):
+    sys.exit(f"POST /v1/models answered {status}")
+if answer.get("id") != expected:
+    sys.exit(
+        f"the tiny-t model registered as {answer.get('id')}, but the document's adapter examples use {expected}: "
+        "set components.parameters.AdapterModelId.example (and the tiny-t example's description) to the new id"
+    )
+print(f"registered tiny-t as {expected}", file=sys.stderr)
+PY
+
+# ---------------------------------------------------------------- 4. schemathesis
 curl -fsS "$BASE/openapi.yaml" -o "$WORK/served.yaml" || fail "GET /openapi.yaml failed"
 LOCATION="$BASE/openapi.yaml"
 EXTRA=()
@@ -113,7 +149,7 @@ PYTHONPATH="$ROOT/tests/contract${PYTHONPATH:+:$PYTHONPATH}" SCHEMATHESIS_HOOKS=
 RC=$?
 set -e
 
-# ---------------------------------------------------------------- 4. verdict
+# ---------------------------------------------------------------- 5. verdict
 STATUS=0
 if [ "$RC" = 124 ] || [ "$RC" = 137 ]; then
     printf 'FAIL: schemathesis did not finish within %s s\n' "$RUN_TIMEOUT" >&2

@@ -233,6 +233,23 @@ struct TesseractEndpoints {
     let maxOutputElements: Int
 
     func run(_ endpoint: String, into w: inout JSONWriter) throws {
+        do {
+            try runChecked(endpoint, into: &w)
+        } catch .invalid(let issues) as GradError {
+            // The core names fields as /v1 does; say them as Tesseract does.
+            throw GradError.invalid(issues.map { FieldIssue(path: Self.tesseractPath($0.path), message: $0.message) })
+        }
+    }
+
+    static func tesseractPath(_ path: String) -> String {
+        for (core, tesseract) in [("grad_outputs", "cotangent_vector.y"), ("tangents.", "tangent_vector."), ("tangents", "tangent_vector"), ("wrt", "jac_inputs")]
+        where path.hasPrefix(core) {
+            return tesseract + path.dropFirst(core.count)
+        }
+        return path
+    }
+
+    private func runChecked(_ endpoint: String, into w: inout JSONWriter) throws {
         let allowed: Set<String> =
             switch endpoint {
             case "vector_jacobian_product": ["inputs", "vjp_inputs", "vjp_outputs", "cotangent_vector"]
@@ -271,6 +288,13 @@ struct TesseractEndpoints {
             for key in tan.keys where !wrt.contains(key) { throw GradError.invalid("tangent_vector.\(key)", "not one of jvp_inputs") }
             let tx = try wrt.contains("x") ? tan["x"].map { try TesseractArrays.decode($0, at: "tangent_vector.x") } : nil
             let tt = try wrt.contains("t") ? tan["t"].map { try TesseractArrays.decode($0, at: "tangent_vector.t") } : nil
+            // Tesseract tangents have their input's shape exactly (no leading K as in /v1/jvp).
+            if let tx, tx.shape != args.x.shape {
+                throw GradError.invalid("tangent_vector.x", "expected shape \(Shape.describe(args.x.shape)) like inputs.x, got \(Shape.describe(tx.shape))")
+            }
+            if let tt, let t = args.t, tt.shape != t.shape {
+                throw GradError.invalid("tangent_vector.t", "expected shape \(Shape.describe(t.shape)) like inputs.t, got \(Shape.describe(tt.shape))")
+            }
             let r = try model.jvp(args, tangentX: tx, tangentT: tt, returnOutputs: false)
             w.key("y")
             TesseractArrays.write(r.jvp, format: format, into: &w)
@@ -324,7 +348,7 @@ struct TesseractEndpoints {
 
     private func abstractEval(into w: inout JSONWriter) throws {
         guard case .object(let inputs)? = root["inputs"], case .object(let x)? = inputs["x"],
-            case .numbers(_, let dims)? = x["shape"], dims.count == 2, let b = Int(exactly: dims[0]), let d = Int(exactly: dims[1]), b >= 0, d >= 1
+            case .numbers(let s, let dims)? = x["shape"], s == [2], let b = Int(exactly: dims[0]), let d = Int(exactly: dims[1]), b >= 0, d >= 1
         else { throw GradError.invalid("inputs.x.shape", "expected [B, D]") }
         if let width = model.inputWidth, width != d { throw GradError.invalid("inputs.x.shape", "expected D = \(width), got \(d)") }
         w.beginObject()
@@ -371,7 +395,14 @@ struct TesseractErrorMiddleware<Context: RequestContext>: RouterMiddleware {
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
         do {
             return try await next(request, context)
-        } catch let GradError.invalid(issues) {
+        } catch let error as GradError {
+            let issues: [FieldIssue]
+            switch error {
+            case .invalid(let list): issues = list
+            case .outputTooLarge(let path, let elements, let limit):
+                issues = [FieldIssue(path: path, message: "the answer would hold \(elements) numbers, above the server's limit of \(limit)")]
+            case .deadlineExceeded: throw error
+            }
             var w = JSONWriter()
             w.beginObject()
             w.key("detail")

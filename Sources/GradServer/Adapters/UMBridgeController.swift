@@ -20,8 +20,10 @@ struct UMBridgeController<Context: RequestContext>: Sendable {
         group.add(middleware: UMBridgeErrorMiddleware())
         if let key = configuration.apiKey { group.add(middleware: AuthMiddleware(apiKey: key)) }
         group.get("Info") { _, context in
-            _ = try model(context)
-            return json(#"{"protocolVersion":1.0,"models":["forward"]}"#)
+            // The client reads Info without checking for an error object; an unknown id lists no
+            // models, so the client raises its own "Model forward not supported by server!".
+            let known = (try? model(context)) != nil
+            return json(known ? #"{"protocolVersion":1.0,"models":["forward"]}"# : #"{"protocolVersion":1.0,"models":[]}"#)
         }
         for route in ["ModelInfo", "InputSizes", "OutputSizes", "Evaluate", "Gradient", "ApplyJacobian", "ApplyHessian"] {
             group.post(RouterPath(route)) { request, context in try await handle(route, request, context) }
@@ -70,15 +72,31 @@ struct UMBridgeEndpoints {
     let maxOutputElements: Int
 
     func run(_ route: String, into w: inout JSONWriter) throws {
-        if case .string(let name)? = root["name"], name != "forward" {
-            throw UMBridgeError(type: "ModelNotFound", message: "Model \(name) not found! The following are available: [forward]")
+        do {
+            try runChecked(route, into: &w)
+        } catch .invalid(let issues) as GradError {
+            // The core names fields as /v1 does; say them as UM-Bridge does.
+            throw UMBridgeError(type: "InvalidInput", message: issues.map { "\(Self.umbridgeName($0.path)): \($0.message)" }.joined(separator: "; "))
         }
-        let (b, d) = try layout()
-        let dOut = model.outputWidth(d: d)
-        let inputSizes = model.hasT ? [b * d, b] : [b * d]
-        w.beginObject()
-        switch route {
-        case "ModelInfo":
+    }
+
+    static func umbridgeName(_ path: String) -> String {
+        for (core, name) in [("inputs.x", "input[0]"), ("inputs.t", "input[1]"), ("grad_outputs", "sens"), ("tangents.x", "vec"), ("tangents.t", "vec")]
+        where path.hasPrefix(core) {
+            return name
+        }
+        return path
+    }
+
+    private func runChecked(_ route: String, into w: inout JSONWriter) throws {
+        switch root["name"] {
+        case nil, .string("forward")?: break
+        case .string(let name)?: throw UMBridgeError(type: "ModelNotFound", message: "Model \(name) not found! The following are available: [forward]")
+        default: throw UMBridgeError(type: "InvalidInput", message: "name must be a string")
+        }
+        if route == "ModelInfo" {
+            _ = try layout(requireD: false)  // validates config; a model of activations only needs no d here
+            w.beginObject()
             w.key("support")
             w.beginObject()
             for (k, v) in [("Evaluate", true), ("Gradient", true), ("ApplyJacobian", true), ("ApplyHessian", false)] {
@@ -86,6 +104,14 @@ struct UMBridgeEndpoints {
                 w.bool(v)
             }
             w.endObject()
+            w.endObject()
+            return
+        }
+        let (b, d) = try layout()
+        let dOut = model.outputWidth(d: d)
+        let inputSizes = model.hasT ? [b * d, b] : [b * d]
+        w.beginObject()
+        switch route {
         case "InputSizes":
             w.key("inputSizes")
             w.beginArray()
@@ -127,7 +153,7 @@ struct UMBridgeEndpoints {
     }
 
     /// B from `config.batch` (default 1) and D from the model (or `config.d` for models without linear layers).
-    private func layout() throws -> (Int, Int) {
+    private func layout(requireD: Bool = true) throws -> (Int, Int) {
         var config = JSONObject()
         if let c = root["config"] {
             guard case .object(let o) = c else { throw UMBridgeError(type: "InvalidInput", message: "config must be an object") }
@@ -141,7 +167,9 @@ struct UMBridgeEndpoints {
             return i
         }
         let b = try int("batch") ?? 1
-        guard let d = try model.inputWidth ?? int("d") else {
+        let givenD = try int("d")
+        if !requireD { return (b, givenD ?? 0) }
+        guard let d = model.inputWidth ?? givenD else {
             throw UMBridgeError(type: "InvalidInput", message: "config.d is required for a model without linear layers (the feature count of x)")
         }
         return (b, d)
@@ -228,12 +256,13 @@ struct UMBridgeErrorMiddleware<Context: RequestContext>: RouterMiddleware {
                 case .badRequest?, .unprocessableContent?, .contentTooLarge?: "InvalidInput"
                 default: "InternalError"
                 }
-            let message = problem.map { p in ([p.detail] + p.errors.map(\.description)).joined(separator: "; ") } ?? "internal error"
-            return Self.error(type, message, problem?.status ?? .internalServerError)
+            let message = problem.map { p in p.errors.isEmpty ? p.detail : p.errors.map(\.description).joined(separator: "; ") } ?? "internal error"
+            let status: HTTPResponse.Status = problem?.status == .unprocessableContent ? .badRequest : (problem?.status ?? .internalServerError)
+            return Self.error(type, message, status, headers: problem?.headers ?? [:])
         }
     }
 
-    static func error(_ type: String, _ message: String, _ status: HTTPResponse.Status) -> Response {
+    static func error(_ type: String, _ message: String, _ status: HTTPResponse.Status, headers: HTTPFields = [:]) -> Response {
         var w = JSONWriter()
         w.beginObject()
         w.key("error")
@@ -244,6 +273,8 @@ struct UMBridgeErrorMiddleware<Context: RequestContext>: RouterMiddleware {
         w.string(message)
         w.endObject()
         w.endObject()
-        return Response(status: status, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: w.takeBytes())))
+        var fields = headers
+        fields[.contentType] = "application/json"
+        return Response(status: status, headers: fields, body: .init(byteBuffer: ByteBuffer(bytes: w.takeBytes())))
     }
 }
