@@ -15,6 +15,7 @@ public func buildApplication(
     var logger = logger ?? Logger(label: "gradserve")
     if logger.logLevel > .info { logger.logLevel = .info }
     BLASRuntime.setThreads(configuration.blasThreads)
+    Parallel.threads = configuration.threadsPerRequest
     let registry = try ModelRegistry(dataDirectory: configuration.dataDirectory, logger: logger)
     let pool = ComputePool(workers: configuration.workers, maxQueued: configuration.maxQueued, metrics: metrics)
     let router = buildRouter(configuration, registry: registry, pool: pool, metrics: metrics)

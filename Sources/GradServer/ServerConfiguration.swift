@@ -20,6 +20,8 @@ public struct ServerConfiguration: Sendable {
     public var deadlineSeconds = 60.0
     /// OpenBLAS threads per call (1 by default: requests run in parallel instead).
     public var blasThreads = 1
+    /// Row chunks computed at once within one request (see `Parallel`).
+    public var threadsPerRequest = 1
     /// Upper bound on the run time of one `/v1/benchmark` request, in seconds.
     public var benchmarkMaxSeconds = 30.0
     /// Bearer token required on `/v1/*` when set.

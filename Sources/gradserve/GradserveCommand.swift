@@ -45,13 +45,15 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Seconds a request may take before 504.") var deadline = 60.0
     @Option(help: "OpenBLAS threads per call. 1 (default) runs requests in parallel; with --workers 1, the core count gives one call all cores.")
     var blasThreads = 1
+    @Option(help: "Cores for one request: its rows are split across them, one OpenBLAS thread each (with --workers 1, the core count).")
+    var threadsPerRequest = 1
     @Option(help: "Longest run of one /v1/benchmark request, in seconds.") var benchmarkMaxSeconds = 30.0
     @Option(help: "PEM certificate chain; with --tls-key the server speaks HTTPS only.") var tlsCert: String?
     @Option(help: "PEM private key for --tls-cert.") var tlsKey: String?
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535") }
-        guard maxBodyBytes > 0, maxOutputElements > 0, maxQueued >= 0, deadline > 0, blasThreads >= 1, benchmarkMaxSeconds > 0 else {
+        guard maxBodyBytes > 0, maxOutputElements > 0, maxQueued >= 0, deadline > 0, blasThreads >= 1, threadsPerRequest >= 1, benchmarkMaxSeconds > 0 else {
             throw ValidationError("limits must be positive")
         }
         if let workers, workers < 1 { throw ValidationError("--workers must be at least 1") }
@@ -71,6 +73,7 @@ struct ServeCommand: AsyncParsableCommand {
         config.maxQueued = maxQueued
         config.deadlineSeconds = deadline
         config.blasThreads = blasThreads
+        config.threadsPerRequest = threadsPerRequest
         config.benchmarkMaxSeconds = benchmarkMaxSeconds
         config.tlsCertificatePath = tlsCert
         config.tlsKeyPath = tlsKey
@@ -97,7 +100,7 @@ struct BenchCommand: ParsableCommand {
     @Option(help: "Timed iterations per ToyMLP workload.") var iterations = 50
     @Option(help: "Iterations of the seed nn.Linear(1000, 1000) loop.") var seedIterations = 500
     @Option(help: "Iterations of the one-row-at-a-time Jacobian loop.") var rowloopIterations = 3
-    @Option(help: "OpenBLAS threads per call.") var threads = 1
+    @Option(help: "Cores for one computation: rows split across them, one OpenBLAS thread each.") var threads = 1
     @Option(help: "Stop a workload after this many seconds (at least 3 iterations run).") var maxSeconds: Double?
     @Option(help: "Run only workloads whose name contains this (repeatable).") var only: [String] = []
     @Flag(help: "Print the report as JSON.") var json = false
@@ -110,8 +113,8 @@ struct BenchCommand: ParsableCommand {
 
     func run() throws {
         MemoryPolicy.keepLargeBlocks()
-        BLASRuntime.setThreads(threads)
         var suite = StandardSuite()
+        suite.threads = threads
         suite.iterations = iterations
         suite.seedIterations = seedIterations
         suite.rowLoopIterations = rowloopIterations

@@ -9,6 +9,7 @@ public struct MachineInfo: Sendable, Codable, Equatable {
         public var library: String
         public var version: String
         public var core: String
+        /// OpenBLAS threads per call during the workloads.
         public var threads: Int
         public var config: String
     }

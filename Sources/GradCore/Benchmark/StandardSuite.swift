@@ -11,6 +11,8 @@ public struct StandardSuite: Sendable {
     public var maxSecondsPerWorkload = Double.infinity
     /// Only workloads whose name contains one of these (all when empty).
     public var only: [String] = []
+    /// Cores for one request: row chunks at once, one OpenBLAS thread each (see ``Parallel``).
+    public var threads = 1
 
     /// Creates the suite with defaults.
     public init() {}
@@ -26,7 +28,15 @@ public struct StandardSuite: Sendable {
     func wanted(_ name: String) -> Bool { only.isEmpty || only.contains { name.contains($0) } }
 
     /// Runs the selected workloads at the current BLAS thread setting.
-    public func run(machine: MachineInfo = .current()) throws -> BenchmarkReport {
+    public func run(machine: MachineInfo? = nil) throws -> BenchmarkReport {
+        // The peak is measured on all `threads` cores; the workloads then split rows across them.
+        BLASRuntime.setThreads(threads)
+        var machine = machine ?? .current()
+        machine.blas.threads = 1
+        BLASRuntime.setThreads(1)
+        let previous = Parallel.threads
+        Parallel.threads = threads
+        defer { Parallel.threads = previous }
         var results: [TimingResult] = []
         let peak = machine.peakGFLOPs > 0 ? machine.peakGFLOPs : nil
         func time(_ name: String, _ op: String, _ method: String, batch: Int, iterations: Int, flops: Double?, _ body: () throws -> Void) rethrows {
@@ -45,9 +55,17 @@ public struct StandardSuite: Sendable {
                 bias: Tensor(shape: [1000], scalars: (0..<1000).map { _ in u() }), weightName: "weight", biasName: "bias")
             let x = (0..<1_000_000).map { _ in u() * 30 }
             var y = [Float](repeating: 0, count: 1_000_000)
-            time("seed_linear", "forward", "gemm", batch: 1000, iterations: seedIterations, flops: 2e9 + 1e6) {
-                x.withUnsafeBufferPointer { xp in
-                    y.withUnsafeMutableBufferPointer { lin.forward(xp.baseAddress!, rows: 1000, into: $0.baseAddress!) }
+            let chunks = Parallel.chunks(1000) ?? [0..<1000]
+            try time("seed_linear", "forward", "gemm", batch: 1000, iterations: seedIterations, flops: 2e9 + 1e6) {
+                try x.withUnsafeBufferPointer { xp in
+                    try y.withUnsafeMutableBufferPointer { yp in
+                        let (xs, ys) = (Int(bitPattern: xp.baseAddress!), Int(bitPattern: yp.baseAddress!))
+                        _ = try Parallel.map(chunks) { (r) throws(GradError) in
+                            let rowX = UnsafePointer<Float>(bitPattern: xs)! + r.lowerBound * 1000
+                            let rowY = UnsafeMutablePointer<Float>(bitPattern: ys)! + r.lowerBound * 1000
+                            lin.forward(rowX, rows: r.count, into: rowY)
+                        }
+                    }
                 }
             }
         }

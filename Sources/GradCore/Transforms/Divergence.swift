@@ -15,6 +15,13 @@ extension Model {
         if dOut != d {
             throw .invalid("model", "divergence needs as many outputs as x features (D' = D), got D' = \(dOut), D = \(d)")
         }
+        if method == .exact, let chunks = Parallel.chunks(inputs.batch) {
+            return .concatenate(try Parallel.map(chunks) { (r) throws(GradError) in try divergence(inputs.rows(r), method: .exact, split: false) })
+        }
+        return try divergence(inputs, method: method, split: false)
+    }
+
+    func divergence(_ inputs: Inputs<S>, method: DivergenceMethod, split: Bool) throws(GradError) -> Tensor<S> {
         let tr = trace(inputs, derivatives: true)
         switch method {
         case .exact:

@@ -17,6 +17,22 @@ extension Model {
         _ inputs: Inputs<S>, tangentX: Tensor<S>?, tangentT: Tensor<S>?, returnOutputs: Bool = true
     ) throws(GradError) -> JVPResult<S> {
         try validate(inputs)
+        let unbatched = tangentX.map { $0.rank == 2 } ?? true && tangentT.map { $0.rank == 1 } ?? true
+        if unbatched, tangentX?.shape.first ?? inputs.batch == inputs.batch, tangentT?.shape.first ?? inputs.batch == inputs.batch,
+            let chunks = Parallel.chunks(inputs.batch)
+        {
+            let parts = try Parallel.map(chunks) { (r) throws(GradError) in
+                try jvpSerial(inputs.rows(r), tangentX: tangentX?.rows(r), tangentT: tangentT?.rows(r), returnOutputs: returnOutputs)
+            }
+            return JVPResult(
+                outputs: parts[0].outputs == nil ? nil : .concatenate(parts.map { $0.outputs! }), jvp: .concatenate(parts.map(\.jvp)))
+        }
+        return try jvpSerial(inputs, tangentX: tangentX, tangentT: tangentT, returnOutputs: returnOutputs)
+    }
+
+    func jvpSerial(
+        _ inputs: Inputs<S>, tangentX: Tensor<S>?, tangentT: Tensor<S>?, returnOutputs: Bool
+    ) throws(GradError) -> JVPResult<S> {
         let b = inputs.batch
         let d = inputs.width
         if tangentT != nil, !hasT {

@@ -48,6 +48,18 @@ extension Model {
     /// Per-sample Jacobian, as `vmap(jacrev(f_single))`: one batched sweep, never a loop over rows.
     public func jacobian(_ inputs: Inputs<S>, wrt: Set<GradTarget> = [.x], mode: JacobianMode = .auto) throws(GradError) -> JacobianResult<S> {
         try validate(inputs)
+        if let chunks = Parallel.chunks(inputs.batch) {
+            // `auto` is resolved for the whole batch so every chunk runs the same sweep.
+            let used = resolve(mode, batch: inputs.batch, d: inputs.width, wantX: wrt.contains(.x), wantT: wrt.contains(.t))
+            let parts = try Parallel.map(chunks) { (r) throws(GradError) in try jacobianSerial(inputs.rows(r), wrt: wrt, mode: used) }
+            return JacobianResult(
+                outputs: .concatenate(parts.map(\.outputs)), x: parts[0].x == nil ? nil : .concatenate(parts.map { $0.x! }),
+                t: parts[0].t == nil ? nil : .concatenate(parts.map { $0.t! }), mode: used)
+        }
+        return try jacobianSerial(inputs, wrt: wrt, mode: mode)
+    }
+
+    func jacobianSerial(_ inputs: Inputs<S>, wrt: Set<GradTarget>, mode: JacobianMode) throws(GradError) -> JacobianResult<S> {
         if wrt.contains(.params) { throw .invalid("wrt", "a Jacobian is taken with respect to x and/or t, not params") }
         if wrt.isEmpty { throw .invalid("wrt", "must name x and/or t") }
         if wrt.contains(.t), !hasT { throw .invalid("wrt", "t is not an input of this model (its inputs are [\"x\"])") }

@@ -29,6 +29,27 @@ extension Model {
         returnOutputs: Bool = true
     ) throws(GradError) -> VJPResult<S> {
         try validate(inputs)
+        if !isGradsBatched, v.shape.first == inputs.batch, let chunks = Parallel.chunks(inputs.batch) {
+            let parts = try Parallel.map(chunks) { (r) throws(GradError) in
+                try vjpSerial(inputs.rows(r), gradOutputs: v.rows(r), isGradsBatched: false, wrt: wrt, returnOutputs: returnOutputs)
+            }
+            var params = parts[0].params
+            for part in parts.dropFirst() {
+                for (i, (_, g)) in part.params.enumerated() {
+                    for j in g.scalars.indices { params[i].grad.scalars[j] += g.scalars[j] }
+                }
+            }
+            return VJPResult(
+                outputs: parts[0].outputs == nil ? nil : .concatenate(parts.map { $0.outputs! }),
+                x: parts[0].x == nil ? nil : .concatenate(parts.map { $0.x! }),
+                t: parts[0].t == nil ? nil : .concatenate(parts.map { $0.t! }), params: params)
+        }
+        return try vjpSerial(inputs, gradOutputs: v, isGradsBatched: isGradsBatched, wrt: wrt, returnOutputs: returnOutputs)
+    }
+
+    func vjpSerial(
+        _ inputs: Inputs<S>, gradOutputs v: Tensor<S>, isGradsBatched: Bool, wrt: Set<GradTarget>, returnOutputs: Bool
+    ) throws(GradError) -> VJPResult<S> {
         if wrt.contains(.t), !hasT {
             throw .invalid("wrt", "t is not an input of this model (its inputs are [\"x\"])")
         }

@@ -242,7 +242,9 @@ struct TesseractEndpoints {
     }
 
     static func tesseractPath(_ path: String) -> String {
-        for (core, tesseract) in [("grad_outputs", "cotangent_vector.y"), ("tangents.", "tangent_vector."), ("tangents", "tangent_vector"), ("wrt", "jac_inputs")]
+        for (core, tesseract) in [
+            ("grad_outputs", "cotangent_vector.y"), ("tangents.", "tangent_vector."), ("tangents", "tangent_vector"), ("wrt", "jac_inputs"),
+        ]
         where path.hasPrefix(core) {
             return tesseract + path.dropFirst(core.count)
         }

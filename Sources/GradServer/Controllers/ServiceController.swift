@@ -65,6 +65,8 @@ struct ServiceController<Context: RequestContext>: Sendable {
             w.number(BLASRuntime.processors)
             w.key("workers")
             w.number(configuration.workers)
+            w.key("threads_per_request")
+            w.number(configuration.threadsPerRequest)
             w.key("limits")
             w.beginObject()
             for (k, v) in [
