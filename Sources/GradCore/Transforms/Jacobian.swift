@@ -48,15 +48,53 @@ extension Model {
     /// Per-sample Jacobian, as `vmap(jacrev(f_single))`: one batched sweep, never a loop over rows.
     public func jacobian(_ inputs: Inputs<S>, wrt: Set<GradTarget> = [.x], mode: JacobianMode = .auto) throws(GradError) -> JacobianResult<S> {
         try validate(inputs)
+        let used = resolve(mode, batch: inputs.batch, d: inputs.width, wantX: wrt.contains(.x), wantT: wrt.contains(.t))
+        if used == .reverse, Parallel.threads > 1, inputs.batch % Parallel.threads != 0, inputs.batch < 4 * Parallel.threads {
+            return try reverseJacobianSplittingOutputs(inputs, wrt: wrt)
+        }
         if let chunks = Parallel.chunks(inputs.batch) {
             // `auto` is resolved for the whole batch so every chunk runs the same sweep.
-            let used = resolve(mode, batch: inputs.batch, d: inputs.width, wantX: wrt.contains(.x), wantT: wrt.contains(.t))
             let parts = try Parallel.map(chunks) { (r) throws(GradError) in try jacobianSerial(inputs.rows(r), wrt: wrt, mode: used) }
             return JacobianResult(
                 outputs: .concatenate(parts.map(\.outputs)), x: parts[0].x == nil ? nil : .concatenate(parts.map { $0.x! }),
                 t: parts[0].t == nil ? nil : .concatenate(parts.map { $0.t! }), mode: used)
         }
         return try jacobianSerial(inputs, wrt: wrt, mode: mode)
+    }
+
+    /// A small batch that row chunks would balance badly (B = 3 on 2 cores): split the D' output
+    /// rows instead, each chunk one reverse sweep for every sample, written into its rows of J.
+    func reverseJacobianSplittingOutputs(_ inputs: Inputs<S>, wrt: Set<GradTarget>) throws(GradError) -> JacobianResult<S> {
+        let tr = trace(inputs, derivatives: true)
+        let b = tr.batch
+        let d = tr.d
+        let dOut = tr.outputWidth
+        guard let chunks = Parallel.chunks(dOut) else { return try jacobianSerial(inputs, wrt: wrt, mode: .reverse) }
+        var jx = [S](repeating: 0, count: wrt.contains(.x) ? b * dOut * d : 0)
+        var jt = [S](repeating: 0, count: wrt.contains(.t) ? b * dOut : 0)
+        jx.withUnsafeMutableBufferPointer { xp in
+            jt.withUnsafeMutableBufferPointer { tp in
+                // Each chunk writes only its own rows of J. (An empty buffer's base address may be the
+                // shared empty-array storage: never write through it.)
+                let out = (xp.isEmpty ? 0 : Int(bitPattern: xp.baseAddress), tp.isEmpty ? 0 : Int(bitPattern: tp.baseAddress))
+                Parallel.forEach(chunks) { k in
+                    let (gx, gt) = reverseJacobian(tr, outputs: k)
+                    for s in 0..<b {
+                        if let gx, let base = UnsafeMutablePointer<S>(bitPattern: out.0) {
+                            gx.withUnsafeBufferPointer { src in
+                                (base + (s * dOut + k.lowerBound) * d).update(from: src.baseAddress! + s * k.count * d, count: k.count * d)
+                            }
+                        }
+                        if let gt, let base = UnsafeMutablePointer<S>(bitPattern: out.1) {
+                            for i in 0..<k.count { base[s * dOut + k.lowerBound + i] = gt[s * k.count + i] }
+                        }
+                    }
+                }
+            }
+        }
+        return JacobianResult(
+            outputs: Tensor(shape: [b, dOut], scalars: tr.output), x: wrt.contains(.x) ? Tensor(shape: [b, dOut, d], scalars: jx) : nil,
+            t: wrt.contains(.t) ? Tensor(shape: [b, dOut], scalars: jt) : nil, mode: .reverse)
     }
 
     func jacobianSerial(_ inputs: Inputs<S>, wrt: Set<GradTarget>, mode: JacobianMode) throws(GradError) -> JacobianResult<S> {
@@ -80,8 +118,14 @@ extension Model {
     /// Reverse mode: K = D' identity cotangents in `[B, D', …]` order, so the input cotangent is
     /// already the `[B, D', D]` Jacobian. Through a last linear layer the identity seed is just W.
     func reverseJacobian(_ tr: ForwardTrace<S>) -> (x: [S]?, t: [S]?) {
+        reverseJacobian(tr, outputs: 0..<tr.outputWidth)
+    }
+
+    /// Rows `outputs` of every sample's Jacobian (`[B, K, D]` with K = outputs.count).
+    func reverseJacobian(_ tr: ForwardTrace<S>, outputs: Range<Int>) -> (x: [S]?, t: [S]?) {
         let b = tr.batch
-        let dOut = tr.outputWidth
+        let dOut = outputs.count
+        let fullOut = tr.outputWidth
         let rows = b * dOut
         var seed: [S]
         var top = layers.count
@@ -89,15 +133,16 @@ extension Model {
             // e_k · W = W[k, :]: the seed after the last layer is W repeated per sample.
             seed = [S]()
             seed.reserveCapacity(rows * last.inFeatures)
-            for _ in 0..<b { seed.append(contentsOf: last.weight.scalars) }
+            let block = last.weight.scalars[(outputs.lowerBound * last.inFeatures)..<(outputs.upperBound * last.inFeatures)]
+            for _ in 0..<b { seed.append(contentsOf: block) }
             top -= 1
             if top == 0 {
                 let split = seed.withUnsafeBufferPointer { Concat.vjp($0.baseAddress!, rows: rows, width: tr.d, hasT: hasT) }
                 return (split.x, split.t)
             }
         } else {
-            seed = [S](repeating: 0, count: rows * dOut)
-            for r in 0..<rows { seed[r * dOut + r % dOut] = 1 }
+            seed = [S](repeating: 0, count: rows * fullOut)
+            for r in 0..<rows { seed[r * fullOut + outputs.lowerBound + r % dOut] = 1 }
         }
         var none: ParameterGradients<S>? = nil
         let g = reverseSweep(seed: seed, rows: rows, order: .bMajor, trace: tr, top: top, wantInput: true, params: &none)!

@@ -17,6 +17,14 @@ public enum Parallel {
         return (0..<n).map { i in (i * b / n)..<((i + 1) * b / n) }
     }
 
+    /// `body` on every chunk at once (for work that cannot fail).
+    static func forEach(_ chunks: [Range<Int>], _ body: (Range<Int>) -> Void) {
+        withoutActuallyEscaping(body) { body in
+            let shared = Unchecked(body)
+            DispatchQueue.concurrentPerform(iterations: chunks.count) { i in shared.value(chunks[i]) }
+        }
+    }
+
     /// `body` on every chunk at once; results in chunk order. The first error is rethrown.
     static func map<R>(_ chunks: [Range<Int>], _ body: (Range<Int>) throws(GradError) -> R) throws(GradError) -> [R] {
         var results = [Result<R, GradError>?](repeating: nil, count: chunks.count)
