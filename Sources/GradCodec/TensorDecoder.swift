@@ -118,7 +118,7 @@ public enum TensorDecoder {
     }
 
     /// Little-endian bytes to a typed tensor, refusing NaN and infinities.
-    static func fromBytes(_ bytes: [UInt8], shape: [Int], dtype: DType, at path: String) throws(GradError) -> AnyTensor {
+    public static func fromBytes(_ bytes: [UInt8], shape: [Int], dtype: DType, at path: String) throws(GradError) -> AnyTensor {
         let result: Result<AnyTensor, GradError> = bytes.withUnsafeBytes { raw in
             do throws(GradError) { return .success(try fromBytes(raw, shape: shape, dtype: dtype, at: path)) } catch { return .failure(error) }
         }

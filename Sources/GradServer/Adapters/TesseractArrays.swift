@@ -59,16 +59,12 @@ enum TesseractArrays {
                 guard case .string(let text) = buffer else { throw .invalid("\(path).data.buffer", "expected a base64 string") }
                 let bytes: [UInt8]
                 do { bytes = try Base64.decode(bytes: text.utf8) } catch { throw .invalid("\(path).data.buffer", "invalid base64") }
-                let element: Int
-                switch dtypeName {
-                case "float32": element = 4
-                case "float64": element = 8
-                default: throw .invalid("\(path).dtype", "expected float32 or float64, got \(dtypeName)")
+                guard let dtype = DType(rawValue: dtypeName) else { throw .invalid("\(path).dtype", "expected float32 or float64, got \(dtypeName)") }
+                guard bytes.count == count * dtype.byteCount else {
+                    throw .invalid(
+                        "\(path).data.buffer", "expected \(count * dtype.byteCount) bytes for \(dtypeName) \(Shape.describe(shape)), got \(bytes.count)")
                 }
-                guard bytes.count == count * element else {
-                    throw .invalid("\(path).data.buffer", "expected \(count * element) bytes for \(dtypeName) \(Shape.describe(shape)), got \(bytes.count)")
-                }
-                return try finite(try rawTensor(bytes, shape: shape, element: element, at: path), at: path)
+                return try TensorDecoder.fromBytes(bytes, shape: shape, dtype: dtype, at: path)
             case "json", "raw":
                 guard ["float32", "float64", "float16", "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64", "bool"].contains(dtypeName)
                 else {
@@ -92,22 +88,6 @@ enum TesseractArrays {
         default:
             throw .invalid(path, "expected an array (encoded dict or nested list), got \(value.typeName)")
         }
-    }
-
-    private static func rawTensor(_ bytes: [UInt8], shape: [Int], element: Int, at path: String) throws(GradError) -> AnyTensor {
-        let count = bytes.count / element
-        if element == 4 {
-            let v = [Float](unsafeUninitializedCapacity: count) { buf, n in
-                bytes.withUnsafeBytes { raw in UnsafeMutableRawPointer(buf.baseAddress!).copyMemory(from: raw.baseAddress!, byteCount: bytes.count) }
-                n = count
-            }
-            return .float32(Tensor(shape: shape, scalars: v))
-        }
-        let v = [Double](unsafeUninitializedCapacity: count) { buf, n in
-            bytes.withUnsafeBytes { raw in UnsafeMutableRawPointer(buf.baseAddress!).copyMemory(from: raw.baseAddress!, byteCount: bytes.count) }
-            n = count
-        }
-        return .float64(Tensor(shape: shape, scalars: v))
     }
 
     private static func finite(_ t: AnyTensor, at path: String) throws(GradError) -> AnyTensor {
