@@ -15,16 +15,8 @@ public enum BuildInfo {
 
     /// Whether this CPU reports the `avx2` and `fma` flags (Linux `/proc/cpuinfo`; true elsewhere).
     public static var cpuHasAVX2: Bool {
-        guard let f = fopen("/proc/cpuinfo", "r") else { return true }
-        defer { fclose(f) }
-        var line = [CChar](repeating: 0, count: 8192)
-        while fgets(&line, Int32(line.count), f) != nil {
-            let s = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            if s.hasPrefix("flags") {
-                let flags = Set(s.split(separator: " ").map { $0.trimmingCharacters(in: "\n\t :") })
-                return flags.contains("avx2") && flags.contains("fma")
-            }
-        }
-        return true
+        guard let line = CPUInfo.field("flags") else { return true }
+        let flags = Set(line.split(separator: " "))
+        return flags.contains("avx2") && flags.contains("fma")
     }
 }

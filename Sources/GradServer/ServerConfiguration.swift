@@ -32,4 +32,9 @@ public struct ServerConfiguration: Sendable {
 
     /// The defaults.
     public init() {}
+
+    /// When a request that arrived at `arrival` must be answered (`extra` seconds more for benchmarks).
+    func deadline(from arrival: ContinuousClock.Instant = .now, extra: Double = 0) -> ContinuousClock.Instant {
+        arrival + .milliseconds(Int64((deadlineSeconds + extra) * 1000))
+    }
 }

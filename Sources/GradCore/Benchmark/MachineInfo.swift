@@ -36,18 +36,7 @@ public struct MachineInfo: Sendable, Codable, Equatable {
             peakGFLOPs: measurePeak ? measuredPeak() : 0)
     }
 
-    static func cpuModel() -> String {
-        guard let f = fopen("/proc/cpuinfo", "r") else { return "unknown" }
-        defer { fclose(f) }
-        var line = [CChar](repeating: 0, count: 1024)
-        while fgets(&line, 1024, f) != nil {
-            let s = String(decoding: line.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-            if s.hasPrefix("model name"), let colon = s.firstIndex(of: ":") {
-                return s[s.index(after: colon)...].trimmingCharacters(in: " \n\t")
-            }
-        }
-        return "unknown"
-    }
+    static func cpuModel() -> String { CPUInfo.field("model name") ?? "unknown" }
 
     /// Best of several 1024³ float32 GEMMs, in GFLOP/s.
     static func measuredPeak() -> Double {

@@ -97,16 +97,16 @@ public struct Linear<S: BLASScalar>: Sendable, Equatable {
         }
     }
 
-    /// VJP rule with respect to the parameters, summed over the batch like `loss.backward()`:
-    /// `W̄ = Ȳᵀ X` (`[out, in]`) and `b̄ = Ȳᵀ 1`. `gy` has `samples` rows with row stride `gyStride`.
-    func vjpParameters(
-        _ gy: UnsafePointer<S>, gyStride: Int, samples: Int, input x: UnsafePointer<S>,
-        weightGrad: UnsafeMutablePointer<S>, biasGrad: UnsafeMutablePointer<S>?, ones: UnsafePointer<S>
-    ) {
-        let gyView = MatrixView(gy, rows: samples, cols: outFeatures, stride: gyStride)
+    /// VJP rule with respect to the weight, summed over the batch like `loss.backward()`:
+    /// `W̄ = Ȳᵀ X` (`[out, in]`). `gy` has `samples` rows with row stride `gyStride`.
+    func vjpWeight(_ gy: UnsafePointer<S>, gyStride: Int, samples: Int, input x: UnsafePointer<S>, into weightGrad: UnsafeMutablePointer<S>) {
         BLAS.gemm(
-            gyView, transposeA: true, MatrixView(x, rows: samples, cols: inFeatures),
+            MatrixView(gy, rows: samples, cols: outFeatures, stride: gyStride), transposeA: true, MatrixView(x, rows: samples, cols: inFeatures),
             into: MutableMatrixView(weightGrad, rows: outFeatures, cols: inFeatures))
-        if let biasGrad { BLAS.gemv(gyView, transpose: true, x: ones, into: biasGrad) }
+    }
+
+    /// VJP rule with respect to the bias, summed over the batch: `b̄ = Ȳᵀ 1` (`ones` holds `samples` ones).
+    func vjpBias(_ gy: UnsafePointer<S>, gyStride: Int, samples: Int, ones: UnsafePointer<S>, into biasGrad: UnsafeMutablePointer<S>) {
+        BLAS.gemv(MatrixView(gy, rows: samples, cols: outFeatures, stride: gyStride), transpose: true, x: ones, into: biasGrad)
     }
 }

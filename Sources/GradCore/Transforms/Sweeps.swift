@@ -107,17 +107,14 @@ extension Model {
                     params!.accumulate(lin.weightName, shape: lin.weight.shape) { dst in
                         for kk in 0..<k {
                             let (s, st) = block(kk)
-                            lin.vjpParameters(
-                                gp.baseAddress! + s, gyStride: st, samples: b, input: xp.baseAddress!, weightGrad: dst + kk * lin.weight.count, biasGrad: nil,
-                                ones: op.baseAddress!)
+                            lin.vjpWeight(gp.baseAddress! + s, gyStride: st, samples: b, input: xp.baseAddress!, into: dst + kk * lin.weight.count)
                         }
                     }
                     if let name = lin.biasName {
                         params!.accumulate(name, shape: [out]) { dst in
                             for kk in 0..<k {
                                 let (s, st) = block(kk)
-                                BLAS.gemv(
-                                    MatrixView(gp.baseAddress! + s, rows: b, cols: out, stride: st), transpose: true, x: op.baseAddress!, into: dst + kk * out)
+                                lin.vjpBias(gp.baseAddress! + s, gyStride: st, samples: b, ones: op.baseAddress!, into: dst + kk * out)
                             }
                         }
                     }

@@ -54,7 +54,7 @@ struct TesseractController<Context: RequestContext>: Sendable {
         }
         let body = try await BodyReader.collect(request, limit: configuration.maxBodyBytes)
         let limit = configuration.maxOutputElements
-        let deadline = ContinuousClock.now + .milliseconds(Int64(configuration.deadlineSeconds * 1000))
+        let deadline = configuration.deadline()
         let (bytes, timing) = try await pool.run(deadline: deadline) { queue -> ([UInt8], String) in
             let clock = ContinuousClock()
             let t0 = clock.now

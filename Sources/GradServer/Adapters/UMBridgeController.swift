@@ -46,7 +46,7 @@ struct UMBridgeController<Context: RequestContext>: Sendable {
         let model = try model(context)
         let body = try await BodyReader.collect(request, limit: configuration.maxBodyBytes)
         let limit = configuration.maxOutputElements
-        let deadline = ContinuousClock.now + .milliseconds(Int64(configuration.deadlineSeconds * 1000))
+        let deadline = configuration.deadline()
         let bytes = try await pool.run(deadline: deadline) { _ -> [UInt8] in
             let value = try body.withUnsafeReadableBytes { try JSONParser.parse($0) }
             guard case .object(let root) = value else { throw UMBridgeError(type: "InvalidInput", message: "the body must be a JSON object") }

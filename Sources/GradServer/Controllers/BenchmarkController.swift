@@ -21,7 +21,7 @@ struct BenchmarkController<Context: RequestContext>: Sendable {
         let contentType = request.headers[.contentType]
         let runner = self.runner
         let maxSeconds = configuration.benchmarkMaxSeconds
-        let deadline = ContinuousClock.now + .milliseconds(Int64((configuration.deadlineSeconds + maxSeconds) * 1000))
+        let deadline = configuration.deadline(extra: maxSeconds)
         let machineBox = machine
         let report = try await pool.run(deadline: deadline) { _ -> BenchmarkReport in
             let info = machineBox.get()

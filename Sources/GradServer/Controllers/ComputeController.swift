@@ -22,7 +22,7 @@ struct ComputeController<Context: RequestContext>: Sendable {
         let body = try await BodyReader.collect(request, limit: configuration.maxBodyBytes)
         let contentType = request.headers[.contentType]
         let runner = self.runner
-        let deadline = arrival + .milliseconds(Int64(configuration.deadlineSeconds * 1000))
+        let deadline = configuration.deadline(from: arrival)
         let (bytes, type, serverTiming) = try await pool.run(deadline: deadline) { queueSeconds in
             let clock = ContinuousClock()
             let t0 = clock.now

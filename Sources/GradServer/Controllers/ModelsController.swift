@@ -23,7 +23,7 @@ struct ModelsController<Context: RequestContext>: Sendable {
         let body = try await BodyReader.collect(request, limit: configuration.maxBodyBytes)
         let contentType = request.headers[.contentType]
         let registry = self.registry
-        let deadline = ContinuousClock.now + .milliseconds(Int64(configuration.deadlineSeconds * 1000))
+        let deadline = configuration.deadline()
         let (entry, created) = try await pool.run(deadline: deadline) { _ in
             let (modelValue, name, weights) = try Self.decodeRegistration(body, contentType: contentType)
             let model = try ModelDecoder.decode(modelValue, at: "model", binaryWeights: weights)
