@@ -9,9 +9,12 @@ public enum ModelDecoder {
     ]
 
     /// Decodes and validates the model object at `path` (e.g. `model`); every problem is reported with its full path.
-    /// `binaryWeights` are named tensors from a binary body, merged into `weights`.
-    public static func decode(_ value: JSONValue, at path: String = "model", binaryWeights: [String: AnyTensor] = [:]) throws(GradError) -> AnyModel {
-        let spec = try decodeSpec(value, at: path, binaryWeights: binaryWeights)
+    /// `binaryWeights` are named tensors from a binary body, merged into `weights`. A model with
+    /// more than `maxLayers` layers is refused before any layer is decoded.
+    public static func decode(
+        _ value: JSONValue, at path: String = "model", binaryWeights: [String: AnyTensor] = [:], maxLayers: Int = .max
+    ) throws(GradError) -> AnyModel {
+        let spec = try decodeSpec(value, at: path, binaryWeights: binaryWeights, maxLayers: maxLayers)
         do {
             return try ModelBuilder.build(spec)
         } catch .invalid(let issues) {
@@ -22,9 +25,16 @@ public enum ModelDecoder {
     }
 
     /// Decodes the JSON into a ``ModelSpec`` (types, names and tensors), leaving shapes to ``ModelBuilder``.
-    public static func decodeSpec(_ value: JSONValue, at path: String, binaryWeights: [String: AnyTensor] = [:]) throws(GradError) -> ModelSpec {
+    public static func decodeSpec(
+        _ value: JSONValue, at path: String, binaryWeights: [String: AnyTensor] = [:], maxLayers: Int = .max
+    ) throws(GradError) -> ModelSpec {
         guard case .object(let obj) = value else {
             throw .invalid(path, "expected a model object (or a registered model id string), got \(value.typeName)")
+        }
+        if case .array(let items)? = obj["layers"], items.count > maxLayers {
+            throw .limitExceeded(
+                path: "\(path).layers", limit: "--max-layers",
+                message: "the model has \(items.count) layers; this server accepts at most \(maxLayers)")
         }
         var issues: [FieldIssue] = []
         for key in obj.keys where !["inputs", "dtype", "layers", "weights"].contains(key) {

@@ -26,6 +26,30 @@ public enum TensorDecoder {
         }
     }
 
+    /// The shape `value` declares, read without decoding its data (a base64 tensor's header is
+    /// checked against the limits before its bytes are decoded). Same errors as ``decode(_:at:)``
+    /// for the shape itself.
+    public static func shape(of value: JSONValue, at path: String) throws(GradError) -> [Int] {
+        switch value {
+        case .numbers(let shape, _):
+            return shape
+        case .array(let items):
+            throw .invalid([badArrayIssue(items, at: path)])
+        case .object(let obj):
+            guard case .numbers(let s, let v)? = obj["shape"], s.count == 1 else {
+                throw .invalid("\(path).shape", obj["shape"] == nil ? "required" : "expected an array of integers")
+            }
+            if let bad = v.firstIndex(where: { $0 < 0 || $0 != $0.rounded() || $0 > Double(maxElements) }) {
+                throw .invalid("\(path).shape[\(bad)]", "expected a non-negative integer extent, got \(v[bad])")
+            }
+            let shape = v.map { Int($0) }
+            try checkShape(shape, at: "\(path).shape")
+            return shape
+        default:
+            throw .invalid(path, "expected a tensor (nested array of numbers, or an object with shape and data), got \(value.typeName)")
+        }
+    }
+
     private static func decodeObject(_ obj: JSONObject, at path: String) throws(GradError) -> AnyTensor {
         var issues: [FieldIssue] = []
         for key in obj.keys where !["shape", "data", "dtype", "encoding"].contains(key) {

@@ -22,6 +22,11 @@ public enum GradError: Error, Sendable, Equatable, CustomStringConvertible {
     case outputTooLarge(path: String, elements: Int, limit: Int)
     /// A computation ran past its deadline and was abandoned.
     case deadlineExceeded
+    /// A computation was stopped because nobody waits for it any more (client gone, shutdown).
+    case cancelled
+    /// A request's plan exceeds a per-request limit: `limit` names it (`--max-request-memory`),
+    /// `message` gives the figure and the limit; `path` is the field that drove the figure.
+    case limitExceeded(path: String, limit: String, message: String)
 
     /// Shorthand for a single issue.
     public static func invalid(_ path: String, _ message: String) -> GradError {
@@ -34,6 +39,8 @@ public enum GradError: Error, Sendable, Equatable, CustomStringConvertible {
         case .outputTooLarge(let path, let elements, let limit):
             "\(path): the answer would hold \(elements) numbers, above the limit of \(limit)"
         case .deadlineExceeded: "the computation ran past its deadline"
+        case .cancelled: "the computation was cancelled"
+        case .limitExceeded(let path, let limit, let message): "\(path): \(message) (\(limit))"
         }
     }
 }

@@ -18,3 +18,18 @@ public enum MemoryPolicy {
     @_silgen_name("mallopt")
     private func glibcMallopt(_ param: Int32, _ value: Int32) -> Int32
 #endif
+
+extension MemoryPolicy {
+    /// Returns freed heap pages to the kernel (`malloc_trim(0)`), so the resident size comes back
+    /// down after a large request. Costs the next large request its warm pages; call when idle.
+    public static func returnFreePages() {
+        #if os(Linux)
+            _ = glibcMallocTrim(0)
+        #endif
+    }
+}
+
+#if os(Linux)
+    @_silgen_name("malloc_trim")
+    private func glibcMallocTrim(_ pad: Int) -> Int32
+#endif

@@ -8,7 +8,7 @@ import NIOSSL
 import Prometheus
 import ServiceLifecycle
 
-/// Builds the application: registry, compute pool, routes and the HTTP server around them.
+/// Builds the application: registry, compute pool, memory budget, routes and the HTTP server around them.
 public func buildApplication(
     _ configuration: ServerConfiguration, metrics: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), logger: Logger? = nil
 ) async throws -> some ApplicationProtocol {
@@ -16,12 +16,19 @@ public func buildApplication(
     if logger.logLevel > .info { logger.logLevel = .info }
     BLASRuntime.setThreads(configuration.blasThreads)
     Parallel.threads = configuration.threadsPerRequest
-    let registry = try ModelRegistry(dataDirectory: configuration.dataDirectory, logger: logger)
+    let registry = try ModelRegistry(
+        dataDirectory: configuration.dataDirectory, logger: logger,
+        quota: .init(maxModels: configuration.maxModels, maxBytes: configuration.maxRegistryBytes))
     let pool = ComputePool(workers: configuration.workers, maxQueued: configuration.maxQueued, metrics: metrics)
-    let router = buildRouter(configuration, registry: registry, pool: pool, metrics: metrics)
-    let maxBody = configuration.maxBodyBytes
+    let memory = MemoryBudget(limit: configuration.memoryLimit, metrics: metrics)
+    let router = buildRouter(configuration, registry: registry, pool: pool, memory: memory, metrics: metrics)
+    let connections = ConnectionGuard.Counter(limit: configuration.maxConnections)
+    let bodyTimeout = Duration.milliseconds(Int64(configuration.bodyTimeoutSeconds * 1000))
+    let writeTimeout = Duration.milliseconds(Int64(configuration.writeTimeoutSeconds * 1000))
     var server: HTTPServerBuilder = .http1(
-        configuration: .init(additionalChannelHandlers: [ExpectContinueHandler(maxBodyBytes: maxBody)], idleTimeout: .seconds(120)))
+        configuration: .init(
+            additionalChannelHandlers: [ConnectionGuard(counter: connections, bodyTimeout: bodyTimeout, writeTimeout: writeTimeout)],
+            idleTimeout: .seconds(120)))
     if let certPath = configuration.tlsCertificatePath, let keyPath = configuration.tlsKeyPath {
         let chain: [NIOSSLCertificateSource]
         let key: NIOSSLPrivateKey
@@ -33,32 +40,41 @@ public func buildApplication(
         }
         server = try .tls(server, tlsConfiguration: .makeServerConfiguration(certificateChain: chain, privateKey: .privateKey(key)))
     }
+    let trimmer = HeapTrimmer(pool: pool, idle: .milliseconds(Int64(configuration.trimIdleSeconds * 1000)))
     return Application(
         router: router,
         server: server,
         configuration: .init(address: .hostname(configuration.host, port: configuration.port), serverName: "gradserve/\(GradserveVersion.current)"),
-        services: [ComputePoolService(pool: pool)],
+        services: [ComputePoolService(pool: pool, trimmer: trimmer)],
         logger: logger)
 }
 
 /// The routes: `/healthz`, `/readyz`, `/metrics`, `/openapi.yaml` open; `/v1/*` behind the optional API key.
 public func buildRouter(
-    _ configuration: ServerConfiguration, registry: ModelRegistry, pool: ComputePool, metrics: PrometheusCollectorRegistry
-) -> Router<BasicRequestContext> {
-    let router = Router()
+    _ configuration: ServerConfiguration, registry: ModelRegistry, pool: ComputePool, memory: MemoryBudget, metrics: PrometheusCollectorRegistry
+) -> Router<GradRequestContext> {
+    let router = Router(context: GradRequestContext.self)
     router.add(middleware: RequestMetricsMiddleware(registry: metrics))
     router.add(middleware: ProblemMiddleware(allowedMethods: allowedMethods))
-    let runner = OperationRunner(registry: registry, maxOutputElements: configuration.maxOutputElements)
-    let service = ServiceController<BasicRequestContext>(pool: pool, metrics: metrics, configuration: configuration, registry: registry)
+    router.add(middleware: OriginMiddleware(allowedOrigins: configuration.allowedOrigins, allowedHosts: configuration.allowedHosts))
+    if !configuration.allowedOrigins.isEmpty {
+        router.add(
+            middleware: CORSMiddleware(
+                allowOrigin: .originBased, allowHeaders: [.accept, .authorization, .contentType], allowMethods: [.get, .post, .delete, .options],
+                exposedHeaders: ["Server-Timing", "Location", "Retry-After"]))
+    }
+    let pipeline = RequestPipeline(pool: pool, memory: memory, configuration: configuration)
+    let runner = OperationRunner(registry: registry, maxLayers: configuration.maxLayers)
+    let service = ServiceController(pool: pool, memory: memory, metrics: metrics, configuration: configuration, registry: registry)
     service.addRoutes(to: router)
     let v1 = router.group("v1")
     if let key = configuration.apiKey { v1.add(middleware: AuthMiddleware(apiKey: key)) }
     service.addV1Routes(to: v1)
-    v1.addRoutes(ComputeController(pool: pool, runner: runner, configuration: configuration).endpoints)
-    v1.addRoutes(ModelsController(registry: registry, pool: pool, configuration: configuration).endpoints, atPath: "models")
-    BenchmarkController(pool: pool, runner: runner, configuration: configuration).addRoutes(to: v1)
-    TesseractController<BasicRequestContext>(registry: registry, pool: pool, configuration: configuration).addRoutes(to: router)
-    UMBridgeController<BasicRequestContext>(registry: registry, pool: pool, configuration: configuration).addRoutes(to: router)
+    v1.addRoutes(ComputeController(pipeline: pipeline, runner: runner).endpoints)
+    v1.addRoutes(ModelsController(registry: registry, pipeline: pipeline).endpoints, atPath: "models")
+    BenchmarkController(pipeline: pipeline, runner: runner).addRoutes(to: v1)
+    TesseractController(registry: registry, pipeline: pipeline).addRoutes(to: router)
+    UMBridgeController(registry: registry, pipeline: pipeline).addRoutes(to: router)
     return router
 }
 
@@ -85,11 +101,16 @@ public func buildRouter(
     }
 }
 
-/// Stops the compute threads when the application shuts down.
+/// Gives idle memory back while running; stops the compute threads when the application shuts down.
 struct ComputePoolService: Service {
     let pool: ComputePool
+    let trimmer: HeapTrimmer
     func run() async throws {
-        try? await gracefulShutdown()
+        await withDiscardingTaskGroup { group in
+            group.addTask { await trimmer.run() }
+            try? await gracefulShutdown()
+            group.cancelAll()
+        }
         try await pool.shutdown()
     }
 }

@@ -26,6 +26,33 @@ public struct ServerConfiguration: Sendable {
     public var benchmarkMaxSeconds = 30.0
     /// Bearer token required on `/v1/*` when set.
     public var apiKey: String?
+    /// Bytes one request may hold at its peak (body, tensors, intermediates, answer); 422 above.
+    public var maxRequestMemory = 1 << 30
+    /// GFLOP one request may compute; 422 above.
+    public var maxRequestGFLOP = 1000.0
+    /// Layers a posted model may have; 422 above.
+    public var maxLayers = 1024
+    /// Bytes all requests together may hold (see ``MemoryBudget``); 503 when full.
+    public var memoryLimit = MemoryBudget.defaultLimit()
+    /// Seconds a client has to send a whole request body after its head (408 after).
+    public var bodyTimeoutSeconds = 30.0
+    /// Seconds an answer may wait for the client to read it before the connection is closed.
+    public var writeTimeoutSeconds = 60.0
+    /// Open connections at most; more are closed at once.
+    public var maxConnections = 1024
+    /// Seconds of idleness after which freed memory is given back to the kernel.
+    public var trimIdleSeconds = 2.0
+    /// Origins (`scheme://host[:port]`) whose browser requests are served; requests with any
+    /// other `Origin` get 403. `*` allows every origin. Clients that send no `Origin` (curl,
+    /// Python) are not affected.
+    public var allowedOrigins: [String] = []
+    /// Host names (the `Host` header, without port) the server answers to; empty: any. Guards a
+    /// keyless server on loopback against DNS rebinding.
+    public var allowedHosts: [String] = []
+    /// Models the registry may hold; 507 above.
+    public var maxModels = 10_000
+    /// Bytes the registry's model files may take together; 507 above.
+    public var maxRegistryBytes = 4 << 30
     /// PEM certificate chain and private key: with both, the server speaks HTTPS only.
     public var tlsCertificatePath: String?
     public var tlsKeyPath: String?

@@ -38,11 +38,26 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Port to listen on.") var port = 8080
     @Option(help: "Directory where registered models persist.") var dataDir = "./data"
     @Option(help: "Bearer token required on /v1/* (default: $GRADSERVE_API_KEY; none when unset).") var apiKey: String?
-    @Option(help: "Largest request body in bytes.") var maxBodyBytes = 256 << 20
+    @Option(help: "Largest request body in bytes (K, M, G suffixes: KiB, MiB, GiB).", transform: ByteSize.parse) var maxBodyBytes = 256 << 20
     @Option(help: "Largest answer in numbers (refused with 422 before computing).") var maxOutputElements = 1 << 24
+    @Option(help: "Bytes one request may hold at its peak: body, tensors, hidden layers, answer (422 above).", transform: ByteSize.parse)
+    var maxRequestMemory = 1 << 30
+    @Option(help: "GFLOP one request may compute (422 above).") var maxRequestGflop = 1000.0
+    @Option(help: "Layers a posted model may have (422 above).") var maxLayers = 1024
+    @Option(help: "Bytes all requests together may hold; what does not fit gets 503 (default: 80% of the cgroup limit or of RAM).", transform: ByteSize.parse)
+    var memoryLimit: Int?
     @Option(help: "Requests computed at once (default: the number of cores).") var workers: Int?
     @Option(help: "Requests that may wait for a worker before 503.") var maxQueued = 64
-    @Option(help: "Seconds a request may take before 504.") var deadline = 60.0
+    @Option(help: "Seconds a request may take before 504 (its computation stops then).") var deadline = 60.0
+    @Option(help: "Seconds a client has to send a whole body after the request head (408 after).") var bodyTimeout = 30.0
+    @Option(help: "Seconds an answer may wait for the client to read it before the connection is closed.") var writeTimeout = 60.0
+    @Option(help: "Open connections at most; more are closed at once.") var maxConnections = 1024
+    @Option(help: "Browser origin allowed to call the API (repeatable, or comma-separated; * for any). Requests with another Origin get 403.")
+    var allowOrigin: [String] = []
+    @Option(help: "Host names the server answers to (repeatable, or comma-separated; default any), against DNS rebinding.")
+    var allowedHosts: [String] = []
+    @Option(help: "Models the registry may hold.") var maxModels = 10_000
+    @Option(help: "Bytes the registry's model files may take together.", transform: ByteSize.parse) var maxRegistryBytes = 4 << 30
     @Option(help: "OpenBLAS threads per call. 1 (default) runs requests in parallel; with --workers 1, the core count gives one call all cores.")
     var blasThreads = 1
     @Option(help: "Cores for one request: its rows are split across them, one OpenBLAS thread each (with --workers 1, the core count).")
@@ -52,13 +67,46 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "PEM private key for --tls-cert.") var tlsKey: String?
 
     func validate() throws {
-        guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535") }
-        guard maxBodyBytes > 0, maxOutputElements > 0, maxQueued >= 0, deadline > 0, blasThreads >= 1, threadsPerRequest >= 1, benchmarkMaxSeconds > 0 else {
-            throw ValidationError("limits must be positive")
+        func seconds(_ name: String, _ v: Double, max: Double) throws {
+            guard v.isFinite, v > 0, v <= max else { throw ValidationError("--\(name) must be a number of seconds in (0, \(Int(max))], got \(v)") }
         }
-        if let workers, workers < 1 { throw ValidationError("--workers must be at least 1") }
+        func count(_ name: String, _ v: Int, _ range: ClosedRange<Int>) throws {
+            guard range.contains(v) else { throw ValidationError("--\(name) must be in \(range.lowerBound)...\(range.upperBound), got \(v)") }
+        }
+        try count("port", port, 0...65535)
+        try count("max-body-bytes", maxBodyBytes, 1...(16 << 30))
+        try count("max-output-elements", maxOutputElements, 1...(1 << 36))
+        try count("max-request-memory", maxRequestMemory, (1 << 20)...(1 << 50))
+        guard maxRequestGflop.isFinite, maxRequestGflop > 0, maxRequestGflop <= 1e9 else {
+            throw ValidationError("--max-request-gflop must be a positive number up to 1e9, got \(maxRequestGflop)")
+        }
+        try count("max-layers", maxLayers, 1...1_000_000)
+        if let memoryLimit {
+            try count("memory-limit", memoryLimit, (16 << 20)...(1 << 50))
+            guard maxRequestMemory <= memoryLimit else {
+                throw ValidationError("--max-request-memory (\(maxRequestMemory)) must not exceed --memory-limit (\(memoryLimit))")
+            }
+        }
+        if let workers { try count("workers", workers, 1...1024) }
+        try count("max-queued", maxQueued, 0...100_000)
+        try seconds("deadline", deadline, max: 86_400)
+        try seconds("body-timeout", bodyTimeout, max: 86_400)
+        try seconds("write-timeout", writeTimeout, max: 86_400)
+        try seconds("benchmark-max-seconds", benchmarkMaxSeconds, max: 3600)
+        try count("max-connections", maxConnections, 1...1_000_000)
+        try count("max-models", maxModels, 1...10_000_000)
+        try count("max-registry-bytes", maxRegistryBytes, (1 << 20)...(1 << 50))
+        try count("blas-threads", blasThreads, 1...256)
+        try count("threads-per-request", threadsPerRequest, 1...256)
+        for origin in origins where origin != "*" {
+            guard origin.hasPrefix("http://") || origin.hasPrefix("https://"), !origin.hasSuffix("/") else {
+                throw ValidationError("--allow-origin takes origins such as https://notebook.example.org (scheme and host, no path) or *, got \(origin)")
+            }
+        }
         if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
     }
+
+    var origins: [String] { allowOrigin.flatMap { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }.filter { !$0.isEmpty } }
 
     func run() async throws {
         MemoryPolicy.keepLargeBlocks()
@@ -69,9 +117,27 @@ struct ServeCommand: AsyncParsableCommand {
         config.apiKey = apiKey ?? ProcessInfo.processInfo.environment["GRADSERVE_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
         config.maxBodyBytes = maxBodyBytes
         config.maxOutputElements = maxOutputElements
+        config.maxRequestMemory = maxRequestMemory
+        config.maxRequestGFLOP = maxRequestGflop
+        config.maxLayers = maxLayers
+        if let memoryLimit { config.memoryLimit = memoryLimit }
+        if config.maxRequestMemory > config.memoryLimit {
+            throw ValidationError(
+                "--max-request-memory (\(config.maxRequestMemory) bytes) is above the memory budget (\(config.memoryLimit) bytes, 80% of this machine's limit); lower it or set --memory-limit"
+            )
+        }
         config.workers = workers ?? max(1, ProcessInfo.processInfo.activeProcessorCount)
         config.maxQueued = maxQueued
         config.deadlineSeconds = deadline
+        config.bodyTimeoutSeconds = bodyTimeout
+        config.writeTimeoutSeconds = writeTimeout
+        config.maxConnections = maxConnections
+        config.allowedOrigins = origins
+        config.allowedHosts = allowedHosts.flatMap { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() } }.filter {
+            !$0.isEmpty
+        }
+        config.maxModels = maxModels
+        config.maxRegistryBytes = maxRegistryBytes
         config.blasThreads = blasThreads
         config.threadsPerRequest = threadsPerRequest
         config.benchmarkMaxSeconds = benchmarkMaxSeconds
@@ -81,6 +147,24 @@ struct ServeCommand: AsyncParsableCommand {
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metrics))
         let app = try await buildApplication(config, metrics: metrics)
         try await app.runService()
+    }
+}
+
+/// Byte sizes on the command line: `1073741824`, `512M`, `1G`, `1GiB`, `64KiB` (binary units).
+enum ByteSize {
+    static func parse(_ text: String) throws -> Int {
+        let t = text.trimmingCharacters(in: .whitespaces)
+        let units: [(String, Int)] = [
+            ("TiB", 40), ("GiB", 30), ("MiB", 20), ("KiB", 10), ("TB", 40), ("GB", 30), ("MB", 20), ("KB", 10), ("T", 40), ("G", 30), ("M", 20),
+            ("K", 10), ("B", 0),
+        ]
+        for (suffix, shift) in units where t.uppercased().hasSuffix(suffix.uppercased()) {
+            let number = t.dropLast(suffix.count).trimmingCharacters(in: .whitespaces)
+            guard let v = Double(number), v.isFinite, v >= 0, v * Double(1 << shift) < 9e18 else { break }
+            return Int(v * Double(1 << shift))
+        }
+        guard let v = Int(t), v >= 0 else { throw ValidationError("expected a byte size such as 1073741824, 512M or 1GiB, got \(text)") }
+        return v
     }
 }
 

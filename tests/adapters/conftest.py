@@ -3,8 +3,9 @@ clients from PyPI against a live gradserve.
 
 - `server`: the URL of one gradserve for the session. The binary ($GRADSERVE_BIN, absolute, or
   .build/release/gradserve) is copied, with its sibling `*.resources` bundles, into a temporary
-  folder under a neutral name and started with `serve --host 127.0.0.1 --port <free>
-  --data-dir <tmp>`; it is stopped with SIGTERM (by its own pid) at the end.
+  folder under a neutral name and started with `serve --host 127.0.0.1 --port 0 --data-dir <tmp>`
+  (the kernel picks the port when the server binds it; the fixture reads it back from the process);
+  it is stopped with SIGTERM (by its own pid) at the end.
 - `models`: the test models, registered with POST /v1/models, each with its PyTorch twin
   (float64 reference built from the very same weights):
     toy32 / toy64   ToyMLP: x [B, 784], t [B]; Linear(785, 64) → SELU → 2×[Linear(64, 64) → SELU]
@@ -22,9 +23,9 @@ from __future__ import annotations
 import base64
 import importlib
 import os
+import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -115,10 +116,44 @@ def private_copy() -> tuple[Path, Path]:
     return dst, folder
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+START_TIMEOUT = 60.0  # seconds for the server to listen and answer /healthz (a loaded 2-core machine is slow)
+_LISTENING = re.compile(rb"listening on \S+:(\d+)")
+
+
+def _port_from_log(log_path: Path) -> int | None:
+    """The port of the start-up line (Hummingbird: "Server started and listening on 127.0.0.1:41234")."""
+    try:
+        m = _LISTENING.search(log_path.read_bytes())
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
+
+
+def _port_from_proc(pid: int) -> int | None:
+    """The one TCP port process `pid` listens on, from /proc (Linux), or None."""
+    try:
+        inodes = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+        ports = set()
+        for table in ("tcp", "tcp6"):
+            try:
+                with open(f"/proc/{pid}/net/{table}") as f:
+                    rows = f.read().splitlines()[1:]
+            except OSError:
+                continue
+            for row in rows:
+                cols = row.split()  # local_address "ADDR:PORT" in hex, state 0A = LISTEN, column 9 = inode
+                if len(cols) > 9 and cols[3] == "0A" and cols[9] in inodes:
+                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    except OSError:
+        return None
+    return ports.pop() if len(ports) == 1 else None
 
 
 @dataclass
@@ -134,36 +169,38 @@ class Server:
             return ""
 
 
-def start_server(binary: Path, data_dir: Path, timeout: float = 30.0) -> Server:
-    last = "server did not start"
-    for _ in range(3):  # the probed port can be taken before the server binds it
-        port = free_port()
-        log_path = data_dir.parent / f"gs-adapters-{port}.log"
-        log = open(log_path, "wb")
-        env = dict(os.environ)
-        env.pop("GRADSERVE_API_KEY", None)
+def start_server(binary: Path, data_dir: Path, timeout: float = START_TIMEOUT) -> Server:
+    """Starts the server on --port 0 and waits (up to `timeout`) for its port and a 200 from /healthz.
+    The port is read from this very process (its log line, else /proc), so a server of another test run
+    can never be mistaken for it, and no probed port can be taken between probe and bind."""
+    log_path = data_dir.parent / "gs-adapters-server.log"
+    env = dict(os.environ)
+    env.pop("GRADSERVE_API_KEY", None)
+    with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [str(binary), "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data_dir)],
+            [str(binary), "serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data_dir)],
             stdout=log, stderr=subprocess.STDOUT, env=env,
         )
-        log.close()
-        url = f"http://127.0.0.1:{port}"
-        s = Server(url, proc, log_path)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                last = f"server exited with {proc.returncode}: {s.log()}"
-                break
+    s = Server("", proc, log_path)
+    deadline = time.monotonic() + timeout
+    port = None
+    while True:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited with {proc.returncode}: {s.log()}")
+        if port is None:
+            port = _port_from_log(log_path) or _port_from_proc(proc.pid)
+            if port:
+                s.url = f"http://127.0.0.1:{port}"
+        if port is not None:
             try:
-                if requests.get(url + "/healthz", timeout=1).status_code == 200:
+                if requests.get(s.url + "/healthz", timeout=10).status_code == 200:
                     return s
             except requests.RequestException:
                 pass
-            time.sleep(0.05)
-        else:
+        if time.monotonic() > deadline:
             stop_server(s)
-            raise RuntimeError(f"server not healthy within {timeout}s: {s.log()}")
-    raise RuntimeError(last)
+            raise RuntimeError(f"server not {'healthy' if port else 'listening'} within {timeout}s: {s.log()}")
+        time.sleep(0.05)
 
 
 def stop_server(s: Server) -> None:

@@ -6,18 +6,20 @@
 #
 # Environment:
 #   GRADSERVE_VENV  the Python (3.11+) venv to use; missing packages are installed into it
-#                   (default /root/.cache/gradserve/venv; created with python3.11 if absent)
+#                   (default $HOME/.cache/gradserve/venv; created if absent with python3.11 where there
+#                   is one, else python3, which must then be 3.11 or later)
 #   GRADSERVE_BIN   the gradserve binary (default .build/release/gradserve); passed to pytest
 #                   as an absolute path. The tests run a private copy of it.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-VENV="${GRADSERVE_VENV:-/root/.cache/gradserve/venv}"
+VENV="${GRADSERVE_VENV:-$HOME/.cache/gradserve/venv}"
 PY="$VENV/bin/python"
 
 if [[ ! -x "$PY" ]]; then
     echo "run_tests.sh: creating venv $VENV" >&2
-    python3.11 -m venv "$VENV"
+    mkdir -p "$(dirname "$VENV")"
+    if command -v python3.11 >/dev/null 2>&1; then python3.11 -m venv "$VENV"; else python3 -m venv "$VENV"; fi
     "$PY" -m pip install -q --upgrade pip
 fi
 if ! "$PY" -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)'; then

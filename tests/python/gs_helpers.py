@@ -10,9 +10,9 @@ import atexit
 import base64
 import json
 import os
+import re
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import tempfile
@@ -25,7 +25,8 @@ import requests
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BIN = REPO / ".build" / "release" / "gradserve"
 
-TIMEOUT = 30  # seconds, for ordinary requests
+TIMEOUT = 120  # seconds, for ordinary requests: an upper bound for a hang, above the server's own 60 s deadline
+START_TIMEOUT = 60  # seconds for a server to start listening and answer /healthz (a loaded 2-core machine is slow)
 
 
 # --------------------------------------------------------------------------------------
@@ -61,14 +62,88 @@ def server_binary() -> Path:
     return _BIN_COPY
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+class ServerExited(RuntimeError):
+    """The server process ended while it was being started."""
+
+
+_LISTENING = re.compile(rb"listening on \S+:(\d+)")
+
+
+def _port_from_log(log_path: Path | None) -> int | None:
+    """The port in the server's start-up line (Hummingbird: "Server started and listening on 127.0.0.1:41234")."""
+    try:
+        m = _LISTENING.search(log_path.read_bytes()) if log_path else None
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
+
+
+def _port_from_proc(pid: int) -> int | None:
+    """The one TCP port process `pid` listens on, from /proc (Linux), or None."""
+    try:
+        inodes = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+        ports = set()
+        for table in ("tcp", "tcp6"):
+            try:
+                with open(f"/proc/{pid}/net/{table}") as f:
+                    rows = f.read().splitlines()[1:]
+            except OSError:
+                continue
+            for row in rows:
+                cols = row.split()
+                # local_address is hex "ADDR:PORT"; state 0A is LISTEN; column 9 is the socket's inode
+                if len(cols) > 9 and cols[3] == "0A" and cols[9] in inodes:
+                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    except OSError:
+        return None
+    return ports.pop() if len(ports) == 1 else None
+
+
+def listening_port(proc: subprocess.Popen, log_path: Path | None, timeout: float = START_TIMEOUT) -> int:
+    """The port server process `proc` (started with --port 0, or a given port) has bound: from its start-up
+    log line, else from /proc. Being the port of this very process, a server that another test run
+    started meanwhile can never be mistaken for it. Raises if the process exits or binds nothing in time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        port = _port_from_log(log_path) or _port_from_proc(proc.pid)
+        if port:
+            return port
+        if proc.poll() is not None:
+            raise ServerExited(f"server exited with {proc.returncode} before listening")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server did not start listening within {timeout}s")
+        time.sleep(0.05)
+
+
+def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = START_TIMEOUT, **request_args) -> None:
+    """Polls GET {url}/healthz until it answers 200 (the process must stay alive meanwhile)."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while True:
+        if proc.poll() is not None:
+            raise ServerExited(f"server exited with {proc.returncode} while starting")
+        try:
+            r = requests.get(url + "/healthz", timeout=10, **request_args)
+            if r.status_code == 200:
+                return
+            last = f"status {r.status_code}"
+        except requests.RequestException as e:
+            last = repr(e)
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"server did not become healthy within {timeout}s (last: {last})")
+        time.sleep(0.05)
 
 
 class ServerProcess:
-    """One `gradserve serve` process on a free port."""
+    """One `gradserve serve` process on a port of its own (--port 0: the kernel picks one at bind time,
+    so there is no window in which another process can take it)."""
 
     def __init__(self, data_dir: str | Path, extra_args: list[str] | None = None, env: dict | None = None):
         self.data_dir = Path(data_dir)
@@ -83,40 +158,28 @@ class ServerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0) -> str:
-        last_error = None
-        for _attempt in range(3):  # a free port can be taken between probe and bind
-            self.port = free_port()
-            fd, log = tempfile.mkstemp(prefix="gsut-log-", suffix=".txt")
-            os.close(fd)
-            self.log_path = Path(log)
-            self._log = open(self.log_path, "wb")
-            cmd = [
-                str(server_binary()), "serve", "--host", "127.0.0.1", "--port", str(self.port),
-                "--data-dir", str(self.data_dir), *self.extra_args,
-            ]
-            env = dict(os.environ)
-            env.pop("GRADSERVE_API_KEY", None)
-            if self.env:
-                env.update(self.env)
-            self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                if self.proc.poll() is not None:
-                    last_error = f"server exited with {self.proc.returncode}: {self.log()}"
-                    break
-                try:
-                    r = requests.get(self.url + "/healthz", timeout=1)
-                    if r.status_code == 200:
-                        return self.url
-                except requests.RequestException:
-                    pass
-                time.sleep(0.05)
-            else:
-                self.stop()
-                raise RuntimeError(f"server did not become healthy within {timeout}s: {self.log()}")
-            self._log.close()
-        raise RuntimeError(last_error or "server failed to start")
+    def start(self, timeout: float = START_TIMEOUT) -> str:
+        fd, log = tempfile.mkstemp(prefix="gsut-log-", suffix=".txt")
+        os.close(fd)
+        self.log_path = Path(log)
+        self._log = open(self.log_path, "wb")
+        cmd = [
+            str(server_binary()), "serve", "--host", "127.0.0.1", "--port", "0",
+            "--data-dir", str(self.data_dir), *self.extra_args,
+        ]
+        env = dict(os.environ)
+        env.pop("GRADSERVE_API_KEY", None)
+        if self.env:
+            env.update(self.env)
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + timeout
+        try:
+            self.port = listening_port(self.proc, self.log_path, timeout)
+            wait_healthy(self.proc, self.url, max(1.0, deadline - time.monotonic()))
+        except RuntimeError as e:
+            self.stop()
+            raise RuntimeError(f"{e}: {self.log()}") from None
+        return self.url
 
     def log(self) -> str:
         try:
@@ -140,6 +203,18 @@ class ServerProcess:
         if self._log and not self._log.closed:
             self._log.close()
         return self.proc.returncode
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    """Process `pid`'s peak resident set size (VmHWM in /proc/<pid>/status), or None without /proc."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError):
+        return None
+    return None
 
 
 # --------------------------------------------------------------------------------------

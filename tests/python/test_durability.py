@@ -3,10 +3,11 @@
 import random
 import signal
 import threading
+import time
 
 import requests
 
-from gs_helpers import post
+from gs_helpers import TIMEOUT, post
 
 
 def tiny_model(seed: int) -> dict:
@@ -27,7 +28,7 @@ def test_kill_9_during_registrations_keeps_every_acknowledged_model(start_server
             while not stop.is_set():
                 try:
                     r = post(server.url, "/v1/models", {"name": f"m{offset}-{i}", "model": tiny_model(round_ * 100_000 + offset * 10_000 + i)},
-                             session=session, timeout=5)
+                             session=session, timeout=TIMEOUT)
                 except requests.RequestException:
                     return  # the server died under us: whatever was not answered was not acknowledged
                 if r.status_code == 201:
@@ -37,16 +38,24 @@ def test_kill_9_during_registrations_keeps_every_acknowledged_model(start_server
         threads = [threading.Thread(target=register_forever, args=(k,)) for k in range(3)]
         for t in threads:
             t.start()
-        threading.Event().wait(0.4 + 0.2 * round_)
-        server.proc.send_signal(signal.SIGKILL)  # mid-write, with requests in flight
-        server.proc.wait(timeout=10)
+        # Kill once this round has had a given number of registrations acknowledged (a count, not a
+        # wall-clock delay, so a slow machine kills as far into the work as a fast one), while the
+        # three writers are still sending: mid-write, with requests in flight.
+        target = len(acknowledged) + 15 * (round_ + 1)
+        deadline = time.monotonic() + TIMEOUT
+        while len(acknowledged) < target and time.monotonic() < deadline and any(t.is_alive() for t in threads):
+            time.sleep(0.002)
+        assert len(acknowledged) >= target, (
+            f"round {round_}: only {len(acknowledged)} of {target} registrations acknowledged before the kill:\n{server.log()}")
+        server.proc.send_signal(signal.SIGKILL)
+        server.proc.wait(timeout=TIMEOUT)
         stop.set()
         for t in threads:
-            t.join(timeout=10)
+            t.join(timeout=TIMEOUT)
 
     assert len(acknowledged) > 10, "the test registered too few models to mean anything"
     server = start_server(data_dir=data)
-    listed = {m["id"] for m in requests.get(server.url + "/v1/models", timeout=10).json()["models"]}
+    listed = {m["id"] for m in requests.get(server.url + "/v1/models", timeout=TIMEOUT).json()["models"]}
     missing = [i for i in acknowledged if i not in listed]
     assert not missing, f"{len(missing)} of {len(acknowledged)} acknowledged models were lost after kill -9"
     # And each is usable, not merely listed.

@@ -25,6 +25,7 @@ import requests
 from gs_helpers import (
     ACTIVATIONS,
     MLP,
+    TIMEOUT,
     TOL,
     act_id,
     assert_problem,
@@ -35,6 +36,7 @@ from gs_helpers import (
     error_paths,
     get,
     ok_json,
+    peak_rss_bytes,
     post,
     ref_divergence,
     ref_forward,
@@ -936,45 +938,71 @@ def test_restart_keeps_models_and_skips_damaged_files(start_server, tmp_path):
 # ======================================================================================
 
 
-def test_health_answers_during_long_jacobian(server):
-    rng = np.random.default_rng(15)
-    m = MLP.random(rng, 784, [512, 512, 10], [{"op": "tanh"}, {"op": "tanh"}], dtype="float64")
-    mid = register(server, m.to_json("b64"), "wide").json()["id"]
-    x = rng.normal(size=(48, 784))
-    body = {"model": mid, "inputs": {"x": wire(x, "b64")}, "mode": "forward", "output_encoding": "safetensors",
-            "return_outputs": False}
-    result = {}
+def _health_checks_during_jacobian(url: str, body: dict) -> dict:
+    """Sends the Jacobian `body`; once /readyz counts it as a pending compute job, alternates GET /healthz
+    and GET /readyz until the Jacobian's answer arrives. A health check counts as answered *during* the
+    Jacobian when the /readyz right after it still shows the job in the pool (it leaves the pool only
+    after its answer is encoded). Returns the Jacobian's response and that count."""
+    s = requests.Session()
+
+    def pending() -> int:
+        r = s.get(url + "/readyz", timeout=TIMEOUT)
+        assert r.status_code in (200, 503), describe(r)
+        return int(r.json().get("pending", 0))
+
+    out: dict = {"during": 0, "seen_pending": False}
+    done = threading.Event()
 
     def long_job():
-        t0 = time.perf_counter()
-        result["r"] = post(server, "/v1/jacobian", body, timeout=120, session=requests.Session())
-        result["s"] = time.perf_counter() - t0
+        try:
+            out["r"] = post(url, "/v1/jacobian", body, timeout=10 * TIMEOUT, session=requests.Session())
+        except Exception as e:  # noqa: BLE001 (reported by the test below)
+            out["error"] = e
+        finally:
+            done.set()
 
-    th = threading.Thread(target=long_job)
+    th = threading.Thread(target=long_job, daemon=True)
     th.start()
-    time.sleep(0.05)
-    s = requests.Session()
-    latencies = []
-    while th.is_alive():
-        t0 = time.perf_counter()
-        r = s.get(server + "/healthz", timeout=5)
-        latencies.append(time.perf_counter() - t0)
-        assert r.status_code == 200
-        time.sleep(0.02)
-    th.join()
-    r = result["r"]
-    assert r.status_code == 200, describe(r)
-    tensors, meta, _ = st_read(r.content)
-    assert tensors["jacobian.x"].shape == (48, 10, 784)
-    assert json.loads(meta["timing"])["compute_ms"] > 100, "the Jacobian was too quick to test anything"
-    assert len(latencies) >= 5, f"only {len(latencies)} health checks during a {result['s']:.2f}s Jacobian"
-    # Health must not wait for the compute: nearly every check within 50 ms. One slow outlier is
-    # tolerated (this machine may be shared); a health route blocked by the Jacobian would take
-    # the whole second.
-    lat = sorted(latencies)
-    slow = [round(x * 1000, 1) for x in lat if x >= 0.05]
-    assert len(slow) <= max(1, len(lat) // 20), f"/healthz slow while a Jacobian ran: {slow} ms of {len(lat)} checks"
-    assert lat[-1] < 0.5, f"/healthz took {lat[-1] * 1000:.0f} ms while a Jacobian ran"
+    while not done.is_set() and not out["seen_pending"]:
+        out["seen_pending"] = pending() >= 1
+        time.sleep(0.005)
+    while out["seen_pending"] and not done.is_set():
+        r = s.get(url + "/healthz", timeout=TIMEOUT)
+        assert r.status_code == 200, describe(r)
+        if pending() >= 1 and not done.is_set():
+            out["during"] += 1
+        time.sleep(0.005)
+    th.join(timeout=10 * TIMEOUT)
+    assert "error" not in out, f"the Jacobian request failed: {out.get('error')!r}"
+    return out
+
+
+def test_health_answers_during_long_jacobian(start_server):
+    """/healthz answers while a long Jacobian computes: health checks sent after the Jacobian entered the
+    compute pool complete while it is still there, before its answer arrives. An ordering, not a latency:
+    a health route that waited for the compute would only answer after it, when the job has left the pool.
+    Should the Jacobian end too soon for three checks on a fast machine, it is repeated with twice the batch.
+    (Its own server, so that no other test's job can be counted as pending.)"""
+    url = start_server().url
+    rng = np.random.default_rng(15)
+    m = MLP.random(rng, 784, [512, 512, 10], [{"op": "tanh"}, {"op": "tanh"}], dtype="float64")
+    mid = register(url, m.to_json("b64"), "wide").json()["id"]
+    attempts = []
+    for batch in (48, 96, 192):
+        x = rng.normal(size=(batch, 784))
+        body = {"model": mid, "inputs": {"x": wire(x, "b64")}, "mode": "forward", "output_encoding": "safetensors",
+                "return_outputs": False}
+        out = _health_checks_during_jacobian(url, body)
+        r = out["r"]
+        assert r.status_code == 200, describe(r)
+        tensors, meta, _ = st_read(r.content)
+        assert tensors["jacobian.x"].shape == (batch, 10, 784)
+        attempts.append((batch, out["seen_pending"], out["during"], json.loads(meta["timing"])["compute_ms"]))
+        if out["during"] >= 3:
+            break
+    assert out["during"] >= 3, (
+        "/healthz was not answered while the Jacobian computed; (batch, Jacobian seen pending, health checks answered "
+        f"while it was pending, compute_ms) per attempt: {attempts}")
     # spot-check the numbers on a few samples
     j, _ = ref_jacobian(m, x[:2])
     close(tensors["jacobian.x"][:2], j["x"], "float64", "wide jacobian")
@@ -1013,16 +1041,20 @@ def test_output_limit(limited_server):
     assert "1000" in p["detail"]
 
 
-def test_output_limit_checked_before_computing(server):
-    """A Jacobian of 10⁹ numbers is refused at once (computing it would take minutes and 8 GB)."""
+def test_output_limit_checked_before_computing(server, server_process):
+    """A Jacobian of 10⁹ numbers is refused before computing (computing it would take minutes and 8 GB):
+    the answer is the 422 (not the 504 of the 60 s deadline), and the server never held the answer's
+    8 GB: its peak resident size (VmHWM, where /proc has it) grows by far less than that."""
     x = np.random.default_rng(16).normal(size=(1000, 1000)).astype(np.float32)
     model = {"dtype": "float64", "layers": [{"op": "tanh"}]}
-    t0 = time.perf_counter()
-    r = post(server, "/v1/jacobian", {"model": model, "inputs": {"x": wire(x, "b64", "float32")}}, timeout=20)
-    dt = time.perf_counter() - t0
+    before = peak_rss_bytes(server_process.proc.pid)
+    r = post(server, "/v1/jacobian", {"model": model, "inputs": {"x": wire(x, "b64", "float32")}})
     p = assert_problem(r, 422)
     assert str(1 << 24) in p["detail"], p
-    assert dt < 3, f"422 took {dt:.2f}s"
+    after = peak_rss_bytes(server_process.proc.pid)
+    if before is not None and after is not None:
+        grew = after - before
+        assert grew < 1 << 30, f"the server's peak memory grew by {grew / 2**30:.2f} GiB for a request refused by its size"
 
 
 def test_body_limit(limited_server):
@@ -1046,11 +1078,11 @@ def test_body_limit_chunked(limited_server):
         for _ in range(30):
             yield b" " * 1000
         yield b"{}"
-    r = requests.post(url + "/v1/forward", data=gen(), headers={"Content-Type": "application/json"}, timeout=10)
+    r = requests.post(url + "/v1/forward", data=gen(), headers={"Content-Type": "application/json"}, timeout=TIMEOUT)
     assert_problem(r, 413)
 
 
-def raw_http(port, head: bytes, timeout=5.0):
+def raw_http(port, head: bytes, timeout=TIMEOUT):
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
     s.sendall(head)
     return s
@@ -1071,8 +1103,9 @@ def read_until(s, marker: bytes, timeout: float) -> bytes:
     return buf
 
 
-def read_response(s, timeout=10.0) -> tuple[int, dict, bytes]:
+def read_response(s, timeout=TIMEOUT) -> tuple[int, dict, bytes]:
     buf = read_until(s, b"\r\n\r\n", timeout)
+    assert b"\r\n\r\n" in buf, f"no complete answer head within {timeout} s (got {buf[:300]!r})"
     head, _, rest = buf.partition(b"\r\n\r\n")
     lines = head.decode("latin-1").split("\r\n")
     status = int(lines[0].split()[1])
@@ -1095,18 +1128,18 @@ def expect_body():
 
 
 def test_expect_100_continue(server_process):
+    """`Expect: 100-continue`: the server answers 100 while the body is still unsent. The client below sends
+    the body only after reading the 100, so a server that waited for the body would never send it (the
+    read would run into its generous timeout): the ordering is the check, not how fast the 100 comes."""
     port = server_process.port
     body, x = expect_body()
     assert len(body) > 5000
     head = (f"POST /v1/forward HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\n"
             f"Content-Length: {len(body)}\r\nExpect: 100-continue\r\n\r\n").encode()
-    t0 = time.perf_counter()
     s = raw_http(port, head)
     try:
-        first = read_until(s, b"\r\n\r\n", 0.5)
-        dt = time.perf_counter() - t0
-        assert first.startswith(b"HTTP/1.1 100"), f"no 100 Continue within 0.5 s (got {first!r} after {dt:.3f}s)"
-        assert dt < 0.5
+        first = read_until(s, b"\r\n\r\n", TIMEOUT)
+        assert first.startswith(b"HTTP/1.1 100"), f"no 100 Continue before the body was sent (got {first!r})"
         leftover = first.split(b"\r\n\r\n", 1)[1]
         assert leftover == b""
         s.sendall(body)
@@ -1116,16 +1149,15 @@ def test_expect_100_continue(server_process):
     finally:
         s.close()
     # the same through http.client, the way curl would do it
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
     conn.putrequest("POST", "/v1/forward")
     conn.putheader("Content-Type", "application/json")
     conn.putheader("Content-Length", str(len(body)))
     conn.putheader("Expect", "100-continue")
     conn.endheaders()
-    conn.sock.settimeout(0.5)
-    got = conn.sock.recv(64)
-    assert got.startswith(b"HTTP/1.1 100"), got
-    conn.sock.settimeout(10)
+    got = read_until(conn.sock, b"\r\n\r\n", TIMEOUT)  # the whole interim answer, however it is split
+    assert got.startswith(b"HTTP/1.1 100") and got.endswith(b"\r\n\r\n"), got
+    conn.sock.settimeout(TIMEOUT)
     conn.send(body)
     resp = conn.getresponse()
     assert resp.status == 200
@@ -1140,7 +1172,7 @@ def test_expect_100_continue_over_limit(limited_server):
             f"Content-Length: 50000\r\nExpect: 100-continue\r\n\r\n").encode()
     s = raw_http(port, head)
     try:
-        status, headers, payload = read_response(s, timeout=3)
+        status, headers, payload = read_response(s)  # the body is never sent: a 100 or a wait would fail here
         assert status == 413, (status, payload)
         assert headers.get("content-type", "").startswith("application/problem+json")
     finally:
@@ -1245,7 +1277,7 @@ def test_openapi_describes_the_api(server):
     ("POST", "/v1/info", "GET"), ("PATCH", "/v1/models", "GET"), ("POST", "/v1/models/abc", "DELETE"),
 ])
 def test_method_not_allowed(server, method, path, allow):
-    r = requests.request(method, server + path, timeout=10)
+    r = requests.request(method, server + path, timeout=TIMEOUT)
     p = assert_problem(r, 405)
     assert allow in [a.strip() for a in r.headers.get("Allow", "").split(",")], r.headers
     assert p["status"] == 405
@@ -1262,7 +1294,7 @@ def test_unsupported_media_type(server):
 
 
 def test_benchmark(server):
-    r = post(server, "/v1/benchmark", {"workload": "linear", "in": 16, "out": 8, "batch": 4, "iterations": 3}, timeout=120)
+    r = post(server, "/v1/benchmark", {"workload": "linear", "in": 16, "out": 8, "batch": 4, "iterations": 3})
     rep = ok_json(r)
     assert "machine" in rep and "results" in rep
     assert rep["machine"]["blas"]["library"] == "OpenBLAS"
@@ -1273,6 +1305,6 @@ def test_benchmark(server):
     rng = np.random.default_rng(18)
     m = make_model(rng, {"op": "tanh"}, "float64", False, d=6, d_out=6)
     rep = ok_json(post(server, "/v1/benchmark", {"model": m.to_json(), "operation": "jacobian", "batch": 3,
-                                                "methods": ["reverse", "forward", "rowloop"], "iterations": 2}, timeout=120))
+                                                "methods": ["reverse", "forward", "rowloop"], "iterations": 2}))
     methods = [r["method"] for r in rep["results"]]
     assert set(methods) >= {"reverse", "forward", "rowloop"}, methods

@@ -23,7 +23,10 @@ import requests
 
 from gs_helpers import MLP, assert_problem, describe, error_paths, get, post, st_write, wire
 
-FUZZ_TIMEOUT = 10
+# Seconds a malformed request may take before it counts as a hang: an upper bound that only a hang
+# reaches (the server's own deadline is 60 s), not a speed claim; a loaded 2-core machine may take
+# seconds over a large malformed body.
+FUZZ_TIMEOUT = 60
 N_TREE = 420
 N_TEXT = 150
 N_SAFETENSORS = 70
@@ -704,7 +707,7 @@ def test_case_count():
 @pytest.mark.parametrize("route,body", BASES, ids=[f"{r}-{i}" for i, (r, _) in enumerate(BASES)])
 def test_bases_are_valid(server, route, body):
     """The unmutated requests succeed, so every mutation below is what makes a request invalid."""
-    r = post(server, f"/v1/{route}", body, timeout=60)
+    r = post(server, f"/v1/{route}", body)
     assert r.status_code in (200, 201), describe(r)
 
 
@@ -725,7 +728,7 @@ def test_fuzz(server, i):
 
 def test_healthy_after_fuzz(server, server_process):
     assert server_process.alive(), "the server process died:\n" + server_process.log()
-    r = get(server, "/healthz", timeout=5)
+    r = get(server, "/healthz")
     assert r.status_code == 200
 
 

@@ -64,6 +64,11 @@ public enum ModelBuilder {
         var widthSource = ""
         var inputWidth: Int? = nil
         var sharedShapes: [String: [Int]] = [:]
+        // Parameter names and where they are used: an inline tensor takes the default name
+        // `layers.<i>.weight`, which must not also name a `weights` entry (one name, two tensors:
+        // gradients would be summed into one entry and two models would share one id).
+        var inlineNames: [String: String] = [:]
+        var namedUses: [String: String] = [:]
         for (i, layer) in spec.layers.enumerated() {
             let path = "layers[\(i)]"
             switch layer {
@@ -109,6 +114,14 @@ public enum ModelBuilder {
                     }
                     bias = b
                 }
+                for (p, spec) in [("weight", Optional(wSpec)), ("bias", bSpec)] {
+                    guard let spec else { continue }
+                    if let name = spec.name {
+                        if namedUses[name] == nil { namedUses[name] = "\(path).\(p)" }
+                    } else {
+                        inlineNames["layers.\(i).\(p)"] = "\(path).\(p)"
+                    }
+                }
                 for (p, name, shape) in [("weight", wSpec.name, w.shape), ("bias", bSpec?.name, bSpec?.tensor.shape ?? [])] {
                     guard let name else { continue }
                     if let prior = sharedShapes[name], prior != shape {
@@ -134,6 +147,15 @@ public enum ModelBuilder {
                                 biasName: bSpec.map { $0.name ?? "layers.\(i).bias" })))
                 }
             }
+        }
+        for (name, inlinePath) in inlineNames.sorted(by: { $0.key < $1.key }) {
+            guard let namedPath = namedUses[name] else { continue }
+            issues.append(
+                FieldIssue(
+                    path: namedPath,
+                    message:
+                        "names weights entry \"\(name)\", which is also the name of the inline tensor at \(inlinePath); rename the weights entry (one name, one tensor)"
+                ))
         }
         if !issues.isEmpty { throw .invalid(issues) }
         return Model(hasT: hasT, layers: layers, inputWidth: inputWidth)

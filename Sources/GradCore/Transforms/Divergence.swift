@@ -22,13 +22,17 @@ extension Model {
     }
 
     func divergence(_ inputs: Inputs<S>, method: DivergenceMethod, split: Bool) throws(GradError) -> Tensor<S> {
-        let tr = trace(inputs, derivatives: true)
+        let tr = try trace(inputs, derivatives: true)
         switch method {
         case .exact:
-            return Tensor(shape: [inputs.batch], scalars: cyclicTrace(tr) ?? jacobianTrace(tr))
+            // The cyclic trace holds B·h_L·h₁ numbers, the Jacobian B·D'·w: take the smaller, so
+            // wide hidden layers around a narrow x (D = 1, h = 65536) never form B·h·h.
+            let cyclic = plan(.divergence(.exact), batch: inputs.batch, d: inputs.width).divergenceByCyclicTrace
+            if cyclic, let traces = try cyclicTrace(tr) { return Tensor(shape: [inputs.batch], scalars: traces) }
+            return Tensor(shape: [inputs.batch], scalars: try jacobianTrace(tr))
         case .hutchinson(let probes, let seed):
             if probes < 1 { throw .invalid("probes", "must be at least 1, got \(probes)") }
-            return Tensor(shape: [inputs.batch], scalars: hutchinson(tr, probes: probes, seed: seed))
+            return Tensor(shape: [inputs.batch], scalars: try hutchinson(tr, probes: probes, seed: seed))
         }
     }
 
@@ -38,7 +42,7 @@ extension Model {
     /// By the cyclic property `tr(J_b) = tr(M_b P)` with `P = W_1x W_L` (`[h₁, h_L]`), so one forward
     /// sweep of the h_L columns of P through the middle layers gives every trace. Nil when the model
     /// does not start and end with `linear`.
-    func cyclicTrace(_ tr: ForwardTrace<S>) -> [S]? {
+    func cyclicTrace(_ tr: ForwardTrace<S>) throws(GradError) -> [S]? {
         guard layers.count >= 2, case .linear(let first) = layers[0], case .linear(let last) = layers[layers.count - 1] else { return nil }
         let b = tr.batch
         let d = tr.d
@@ -59,7 +63,7 @@ extension Model {
         var seed = [S]()
         seed.reserveCapacity(b * hL * h1)
         for _ in 0..<b { seed.append(contentsOf: pt) }
-        let u = forwardSweep(tangents: seed, rows: b * hL, order: .bMajor, trace: tr, from: 1, to: layers.count - 1)
+        let u = try forwardSweep(tangents: seed, rows: b * hL, order: .bMajor, trace: tr, from: 1, to: layers.count - 1)
         return (0..<b).map { bb in
             var s: S = 0
             for i in 0..<hL { s += u[(bb * hL + i) * hL + i] }
@@ -68,11 +72,11 @@ extension Model {
     }
 
     /// Exact trace from the full Jacobian (any model with D' = D).
-    func jacobianTrace(_ tr: ForwardTrace<S>) -> [S] {
+    func jacobianTrace(_ tr: ForwardTrace<S>) throws(GradError) -> [S] {
         let b = tr.batch
         let d = tr.d
         let mode = resolve(.auto, batch: b, d: d, wantX: true, wantT: false)
-        let j = (mode == .reverse ? reverseJacobian(tr) : forwardJacobian(tr, wantX: true, wantT: false)).x!
+        let j = try (mode == .reverse ? reverseJacobian(tr) : forwardJacobian(tr, wantX: true, wantT: false)).x!
         return (0..<b).map { bb in
             var s: S = 0
             for i in 0..<d { s += j[(bb * d + i) * d + i] }
@@ -81,7 +85,7 @@ extension Model {
     }
 
     /// Hutchinson: all probes in one forward sweep (K = probes), `[K, B, D]` Rademacher tangents.
-    func hutchinson(_ tr: ForwardTrace<S>, probes k: Int, seed: UInt64) -> [S] {
+    func hutchinson(_ tr: ForwardTrace<S>, probes k: Int, seed: UInt64) throws(GradError) -> [S] {
         let b = tr.batch
         let d = tr.d
         let d0 = tr.widths[0]
@@ -100,7 +104,7 @@ extension Model {
         for r in 0..<(k * b) {
             for j in 0..<d { u[r * d0 + j] = eps[r * d + j] }
         }
-        let y = forwardSweep(tangents: u, rows: k * b, order: .kMajor, trace: tr, from: 0, to: layers.count)
+        let y = try forwardSweep(tangents: u, rows: k * b, order: .kMajor, trace: tr, from: 0, to: layers.count)
         var div = [S](repeating: 0, count: b)
         for kk in 0..<k {
             for bb in 0..<b {

@@ -9,7 +9,7 @@ extension Model {
     }
 
     func forwardSerial(_ inputs: Inputs<S>) throws(GradError) -> Tensor<S> {
-        let tr = trace(inputs, derivatives: false)
+        let tr = try trace(inputs, derivatives: false)
         return Tensor(shape: [tr.batch, tr.outputWidth], scalars: tr.output)
     }
 }

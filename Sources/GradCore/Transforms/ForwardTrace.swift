@@ -28,13 +28,13 @@ extension Model {
     /// `[B, D+1]` copy.
     func trace(
         _ inputs: Inputs<S>, derivatives wantDerivatives: Bool, outputs wantOutputs: Bool = true, concatenatedInput: Bool = false
-    ) -> ForwardTrace<S> {
+    ) throws(GradError) -> ForwardTrace<S> {
         let b = inputs.batch
         let d = inputs.width
         let widths = self.widths(d: d)
         if !concatenatedInput, hasT, let t = inputs.t, case .linear(let first) = layers[0], layers.count > 1 || wantOutputs {
             let y = first.forwardSplit(x: inputs.x.scalars, t: t.scalars, rows: b)
-            return trace(from: 1, h: y, firstInput: [], batch: b, d: d, widths: widths, derivatives: wantDerivatives, outputs: wantOutputs)
+            return try trace(from: 1, h: y, firstInput: [], batch: b, d: d, widths: widths, derivatives: wantDerivatives, outputs: wantOutputs)
         }
         let h: [S] = inputs.x.scalars.withUnsafeBufferPointer { x in
             if let t = inputs.t {
@@ -42,20 +42,21 @@ extension Model {
             }
             return Concat.forward(x: x.baseAddress!, t: nil, rows: b, width: d)
         }
-        return trace(from: 0, h: h, firstInput: nil, batch: b, d: d, widths: widths, derivatives: wantDerivatives, outputs: wantOutputs)
+        return try trace(from: 0, h: h, firstInput: nil, batch: b, d: d, widths: widths, derivatives: wantDerivatives, outputs: wantOutputs)
     }
 
     /// Runs layers `from...` on `h`; `firstInput` stands for the input of layer 0 when it was skipped.
     private func trace(
         from start: Int, h initial: [S], firstInput: [S]?, batch b: Int, d: Int, widths: [Int], derivatives wantDerivatives: Bool,
         outputs wantOutputs: Bool
-    ) -> ForwardTrace<S> {
+    ) throws(GradError) -> ForwardTrace<S> {
         var h = initial
         var layerInputs: [[S]] = firstInput.map { [$0] } ?? []
         var derivatives: [[S]?] = firstInput == nil ? [] : [nil]
         layerInputs.reserveCapacity(layers.count)
         derivatives.reserveCapacity(layers.count)
         for (l, layer) in layers.enumerated() where l >= start {
+            try Cancellation.checkpoint()
             layerInputs.append(h)
             let n = b * widths[l + 1]
             switch layer {

@@ -73,17 +73,17 @@ extension Model {
         let kLead = max(kx ?? 0, kt ?? 0)
         let k = max(kLead, 1)
         let rows = k * b
-        let tr = trace(inputs, derivatives: true, outputs: returnOutputs)
+        let tr = try trace(inputs, derivatives: true, outputs: returnOutputs)
         let out: [S]
         if hasT, let ux = tangentX, case .linear(let first) = layers[0] {
             // linear ∘ concat fused: no [K·B, D+1] tangent copy.
             let u1 = first.forwardSplit(x: ux.scalars, t: tangentT?.scalars, rows: rows, bias: false)
-            out = forwardSweep(tangents: u1, rows: rows, order: .kMajor, trace: tr, from: 1, to: layers.count)
+            out = try forwardSweep(tangents: u1, rows: rows, order: .kMajor, trace: tr, from: 1, to: layers.count)
         } else {
             let seed: [S] = withOptionalPointer(tangentX?.scalars) { ux in
                 withOptionalPointer(tangentT?.scalars) { ut in Concat.jvp(x: ux, t: ut, rows: rows, width: d, hasT: hasT) }
             }
-            out = forwardSweep(tangents: seed, rows: rows, order: .kMajor, trace: tr, from: 0, to: layers.count)
+            out = try forwardSweep(tangents: seed, rows: rows, order: .kMajor, trace: tr, from: 0, to: layers.count)
         }
         let dOut = tr.outputWidth
         return JVPResult(

@@ -65,33 +65,39 @@ extension Model {
     /// A small batch that row chunks would balance badly (B = 3 on 2 cores): split the D' output
     /// rows instead, each chunk one reverse sweep for every sample, written into its rows of J.
     func reverseJacobianSplittingOutputs(_ inputs: Inputs<S>, wrt: Set<GradTarget>) throws(GradError) -> JacobianResult<S> {
-        let tr = trace(inputs, derivatives: true)
+        let tr = try trace(inputs, derivatives: true)
         let b = tr.batch
         let d = tr.d
         let dOut = tr.outputWidth
         guard let chunks = Parallel.chunks(dOut) else { return try jacobianSerial(inputs, wrt: wrt, mode: .reverse) }
         var jx = [S](repeating: 0, count: wrt.contains(.x) ? b * dOut * d : 0)
         var jt = [S](repeating: 0, count: wrt.contains(.t) ? b * dOut : 0)
+        var failure: GradError? = nil
         jx.withUnsafeMutableBufferPointer { xp in
             jt.withUnsafeMutableBufferPointer { tp in
                 // Each chunk writes only its own rows of J. (An empty buffer's base address may be the
                 // shared empty-array storage: never write through it.)
                 let out = (xp.isEmpty ? 0 : Int(bitPattern: xp.baseAddress), tp.isEmpty ? 0 : Int(bitPattern: tp.baseAddress))
-                Parallel.forEach(chunks) { k in
-                    let (gx, gt) = reverseJacobian(tr, outputs: k)
-                    for s in 0..<b {
-                        if let gx, let base = UnsafeMutablePointer<S>(bitPattern: out.0) {
-                            gx.withUnsafeBufferPointer { src in
-                                (base + (s * dOut + k.lowerBound) * d).update(from: src.baseAddress! + s * k.count * d, count: k.count * d)
+                do throws(GradError) {
+                    try Parallel.forEach(chunks) { (k) throws(GradError) in
+                        let (gx, gt) = try reverseJacobian(tr, outputs: k)
+                        for s in 0..<b {
+                            if let gx, let base = UnsafeMutablePointer<S>(bitPattern: out.0) {
+                                gx.withUnsafeBufferPointer { src in
+                                    (base + (s * dOut + k.lowerBound) * d).update(from: src.baseAddress! + s * k.count * d, count: k.count * d)
+                                }
+                            }
+                            if let gt, let base = UnsafeMutablePointer<S>(bitPattern: out.1) {
+                                for i in 0..<k.count { base[s * dOut + k.lowerBound + i] = gt[s * k.count + i] }
                             }
                         }
-                        if let gt, let base = UnsafeMutablePointer<S>(bitPattern: out.1) {
-                            for i in 0..<k.count { base[s * dOut + k.lowerBound + i] = gt[s * k.count + i] }
-                        }
                     }
+                } catch {
+                    failure = error
                 }
             }
         }
+        if let failure { throw failure }
         return JacobianResult(
             outputs: Tensor(shape: [b, dOut], scalars: tr.output), x: wrt.contains(.x) ? Tensor(shape: [b, dOut, d], scalars: jx) : nil,
             t: wrt.contains(.t) ? Tensor(shape: [b, dOut], scalars: jt) : nil, mode: .reverse)
@@ -106,10 +112,10 @@ extension Model {
         let b = inputs.batch
         let d = inputs.width
         let used = resolve(mode, batch: b, d: d, wantX: wantX, wantT: wantT)
-        let tr = trace(inputs, derivatives: true)
+        let tr = try trace(inputs, derivatives: true)
         let dOut = tr.outputWidth
         var result = JacobianResult(outputs: Tensor(shape: [b, dOut], scalars: tr.output), x: nil, t: nil, mode: used)
-        let (jx, jt) = used == .reverse ? reverseJacobian(tr) : forwardJacobian(tr, wantX: wantX, wantT: wantT)
+        let (jx, jt) = try used == .reverse ? reverseJacobian(tr) : forwardJacobian(tr, wantX: wantX, wantT: wantT)
         if wantX { result.x = Tensor(shape: [b, dOut, d], scalars: jx!) }
         if wantT { result.t = Tensor(shape: [b, dOut], scalars: jt!) }
         return result
@@ -117,12 +123,12 @@ extension Model {
 
     /// Reverse mode: K = D' identity cotangents in `[B, D', …]` order, so the input cotangent is
     /// already the `[B, D', D]` Jacobian. Through a last linear layer the identity seed is just W.
-    func reverseJacobian(_ tr: ForwardTrace<S>) -> (x: [S]?, t: [S]?) {
-        reverseJacobian(tr, outputs: 0..<tr.outputWidth)
+    func reverseJacobian(_ tr: ForwardTrace<S>) throws(GradError) -> (x: [S]?, t: [S]?) {
+        try reverseJacobian(tr, outputs: 0..<tr.outputWidth)
     }
 
     /// Rows `outputs` of every sample's Jacobian (`[B, K, D]` with K = outputs.count).
-    func reverseJacobian(_ tr: ForwardTrace<S>, outputs: Range<Int>) -> (x: [S]?, t: [S]?) {
+    func reverseJacobian(_ tr: ForwardTrace<S>, outputs: Range<Int>) throws(GradError) -> (x: [S]?, t: [S]?) {
         let b = tr.batch
         let dOut = outputs.count
         let fullOut = tr.outputWidth
@@ -145,14 +151,14 @@ extension Model {
             for r in 0..<rows { seed[r * fullOut + outputs.lowerBound + r % dOut] = 1 }
         }
         var none: ParameterGradients<S>? = nil
-        let g = reverseSweep(seed: seed, rows: rows, order: .bMajor, trace: tr, top: top, wantInput: true, params: &none)!
+        let g = try reverseSweep(seed: seed, rows: rows, order: .bMajor, trace: tr, top: top, wantInput: true, params: &none)!
         return (g.x, g.t)
     }
 
     /// Forward mode: K = D (+1) identity tangents in `[B, K, …]` order. Through a first linear layer
     /// the identity seed is just columns of W; a last linear layer writes each sample's `[D', D]`
     /// block with one GEMM, so no transpose copy is needed.
-    func forwardJacobian(_ tr: ForwardTrace<S>, wantX: Bool, wantT: Bool) -> (x: [S]?, t: [S]?) {
+    func forwardJacobian(_ tr: ForwardTrace<S>, wantX: Bool, wantT: Bool) throws(GradError) -> (x: [S]?, t: [S]?) {
         let b = tr.batch
         let d = tr.d
         let d0 = tr.widths[0]
@@ -186,7 +192,7 @@ extension Model {
             lastLinear = last
             to -= 1
         }
-        u = forwardSweep(tangents: u, rows: rows, order: .bMajor, trace: tr, from: from, to: to)
+        u = try forwardSweep(tangents: u, rows: rows, order: .bMajor, trace: tr, from: from, to: to)
         let dOut = tr.outputWidth
         var jx: [S]? = wantX ? [S](repeating: 0, count: b * dOut * d) : nil
         var jt: [S]? = wantT ? [S](repeating: 0, count: b * dOut) : nil

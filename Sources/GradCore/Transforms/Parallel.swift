@@ -17,24 +17,28 @@ public enum Parallel {
         return (0..<n).map { i in (i * b / n)..<((i + 1) * b / n) }
     }
 
-    /// `body` on every chunk at once (for work that cannot fail).
-    static func forEach(_ chunks: [Range<Int>], _ body: (Range<Int>) -> Void) {
-        withoutActuallyEscaping(body) { body in
-            let shared = Unchecked(body)
-            DispatchQueue.concurrentPerform(iterations: chunks.count) { i in shared.value(chunks[i]) }
-        }
+    /// `body` on every chunk at once; the first error is rethrown.
+    static func forEach(_ chunks: [Range<Int>], _ body: (Range<Int>) throws(GradError) -> Void) throws(GradError) {
+        _ = try map(chunks, body)
     }
 
-    /// `body` on every chunk at once; results in chunk order. The first error is rethrown.
+    /// `body` on every chunk at once; results in chunk order. The first error is rethrown. The
+    /// chunks obey the caller's cancellation token (it is per thread, so it is handed on).
     static func map<R>(_ chunks: [Range<Int>], _ body: (Range<Int>) throws(GradError) -> R) throws(GradError) -> [R] {
+        let token = Cancellation.current
         var results = [Result<R, GradError>?](repeating: nil, count: chunks.count)
         withoutActuallyEscaping(body) { body in
+            let run: (Range<Int>) -> Result<R, GradError> = { r in
+                let previous = Cancellation.install(token)
+                defer { Cancellation.install(previous) }
+                do throws(GradError) { return .success(try body(r)) } catch { return .failure(error) }
+            }
             results.withUnsafeMutableBufferPointer { out in
                 // Each iteration writes only its own slot; concurrentPerform returns after all have run.
-                let shared = Unchecked((out.baseAddress!, body))
+                let shared = Unchecked((out.baseAddress!, run))
                 DispatchQueue.concurrentPerform(iterations: chunks.count) { i in
-                    let (base, body) = shared.value
-                    do throws(GradError) { base[i] = .success(try body(chunks[i])) } catch { base[i] = .failure(error) }
+                    let (base, run) = shared.value
+                    base[i] = run(chunks[i])
                 }
             }
         }

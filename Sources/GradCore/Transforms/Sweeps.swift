@@ -36,12 +36,13 @@ extension Model {
     func reverseSweep(
         seed: [S], rows: Int, order: RowOrder, trace: ForwardTrace<S>, top: Int,
         wantInput: Bool, params: inout ParameterGradients<S>?
-    ) -> InputCotangent<S>? {
+    ) throws(GradError) -> InputCotangent<S>? {
         let b = trace.batch
         let k = rows / b
         var g = seed
         var l = top - 1
         while l >= 0 {
+            try Cancellation.checkpoint()
             switch layers[l] {
             case .activation:
                 if let dv = trace.derivatives[l] {
@@ -124,9 +125,10 @@ extension Model {
     }
 
     /// Forward (tangent) sweep: pushes `rows` tangent rows through layers `from..<to`, one GEMM per linear layer.
-    func forwardSweep(tangents: [S], rows: Int, order: RowOrder, trace: ForwardTrace<S>, from: Int, to: Int) -> [S] {
+    func forwardSweep(tangents: [S], rows: Int, order: RowOrder, trace: ForwardTrace<S>, from: Int, to: Int) throws(GradError) -> [S] {
         var u = tangents
         for l in from..<to {
+            try Cancellation.checkpoint()
             switch layers[l] {
             case .activation:
                 if let dv = trace.derivatives[l] {

@@ -62,10 +62,10 @@ extension Model {
         }
         if let issue = nonFinite(v, at: "grad_outputs") { throw .invalid([issue]) }
         let k = isGradsBatched ? v.shape[0] : 1
-        let tr = trace(inputs, derivatives: true, outputs: returnOutputs, concatenatedInput: wrt.contains(.params))
+        let tr = try trace(inputs, derivatives: true, outputs: returnOutputs, concatenatedInput: wrt.contains(.params))
         var params: ParameterGradients<S>? = wrt.contains(.params) ? ParameterGradients(k: k) : nil
         let wantInput = wrt.contains(.x) || wrt.contains(.t)
-        let g = reverseSweep(seed: v.scalars, rows: k * b, order: .kMajor, trace: tr, top: layers.count, wantInput: wantInput, params: &params)
+        let g = try reverseSweep(seed: v.scalars, rows: k * b, order: .kMajor, trace: tr, top: layers.count, wantInput: wantInput, params: &params)
         let lead = isGradsBatched ? [k] : []
         var result = VJPResult<S>(outputs: returnOutputs ? Tensor(shape: [b, dOut], scalars: tr.output) : nil, x: nil, t: nil, params: [])
         if wrt.contains(.x), let g { result.x = Tensor(shape: lead + [b, inputs.width], scalars: g.x) }

@@ -34,6 +34,23 @@ enum TesseractArrays {
         return nil
     }
 
+    /// The shape one array field declares, read without decoding its data; the same checks on the
+    /// shape as ``decode(_:at:)``.
+    static func shape(of value: JSONValue, at path: String) throws(GradError) -> [Int] {
+        switch value {
+        case .numbers(let shape, _): return shape
+        case .number: return []
+        case .object(let o):
+            guard case .numbers(let s, let dims)? = o["shape"] ?? .numbers(shape: [0], values: []), s.count == 1,
+                let shape = Optional(dims.compactMap { Int(exactly: $0) }), shape.count == dims.count, shape.allSatisfy({ $0 >= 0 }),
+                let count = Shape.elementCount(shape), count <= TensorDecoder.maxElements
+            else { throw .invalid("\(path).shape", "expected a list of non-negative integers") }
+            return shape
+        default:
+            throw .invalid(path, "expected an array (encoded dict or nested list), got \(value.typeName)")
+        }
+    }
+
     /// Decodes one array field.
     static func decode(_ value: JSONValue, at path: String) throws(GradError) -> AnyTensor {
         switch value {

@@ -10,15 +10,15 @@ import Hummingbird
 /// A 422 is Tesseract's `{"detail": [{"type", "loc", "msg"}]}` (the SDK raises pydantic's
 /// ValidationError from it); other errors are problem+json (the SDK raises RuntimeError).
 /// Apply answers carry no extra keys (tesseract-jax flattens them); timing is in `Server-Timing`.
-struct TesseractController<Context: RequestContext>: Sendable {
+struct TesseractController: Sendable {
+    typealias Context = GradRequestContext
     let registry: ModelRegistry
-    let pool: ComputePool
-    let configuration: ServerConfiguration
+    let pipeline: RequestPipeline
 
     func addRoutes(to router: Router<Context>) {
         let group = router.group("tesseract/:id")
         group.add(middleware: TesseractErrorMiddleware())
-        if let key = configuration.apiKey { group.add(middleware: AuthMiddleware(apiKey: key)) }
+        if let key = pipeline.configuration.apiKey { group.add(middleware: AuthMiddleware(apiKey: key)) }
         group.get("health") { _, context in
             _ = try model(context)
             return json(#"{"status":"ok"}"#)
@@ -52,19 +52,17 @@ struct TesseractController<Context: RequestContext>: Sendable {
                 .notAcceptable, title: "Not acceptable",
                 detail: "available formats: application/json, application/json+base64 (uncompressed, gpu_transport=none)")
         }
-        let body = try await BodyReader.collect(request, limit: configuration.maxBodyBytes)
-        let limit = configuration.maxOutputElements
-        let deadline = configuration.deadline()
-        let (bytes, timing) = try await pool.run(deadline: deadline) { queue -> ([UInt8], String) in
+        let (bytes, timing) = try await pipeline.run(request, context) { job -> ([UInt8], String) in
             let clock = ContinuousClock()
             let t0 = clock.now
-            let doc = try body.withUnsafeReadableBytes { try JSONParser.parse($0) }
+            let doc = try job.body.withUnsafeReadableBytes { try JSONParser.parse($0) }
             guard case .object(let root) = doc else { throw GradError.invalid("body", "expected a JSON object") }
             var w = JSONWriter()
-            try TesseractEndpoints(model: model, root: root, format: format, maxOutputElements: limit).run(endpoint, into: &w)
+            try TesseractEndpoints(model: model, root: root, format: format, job: job).run(endpoint, into: &w)
             let t1 = clock.now
             return (
-                w.takeBytes(), "queue;dur=\(String(format: "%.3f", queue * 1000)), compute;dur=\(String(format: "%.3f", Stopwatch.seconds(t1 - t0) * 1000))"
+                w.takeBytes(),
+                "queue;dur=\(String(format: "%.3f", job.queueSeconds * 1000)), compute;dur=\(String(format: "%.3f", Stopwatch.seconds(t1 - t0) * 1000))"
             )
         }
         var headers = HTTPFields()
@@ -230,7 +228,7 @@ struct TesseractEndpoints {
     let model: AnyModel
     let root: JSONObject
     let format: TesseractArrays.Format
-    let maxOutputElements: Int
+    let job: Job
 
     func run(_ endpoint: String, into w: inout JSONWriter) throws {
         do {
@@ -261,14 +259,21 @@ struct TesseractEndpoints {
             }
         for key in root.keys where !allowed.contains(key) { throw GradError.invalid(key, "extra field not permitted") }
         if endpoint == "abstract_eval" { return try abstractEval(into: &w) }
-        let args = try arguments()
-        let b = args.x.shape.first ?? 0
-        let d = args.x.shape.count == 2 ? args.x.shape[1] : 0
+        // Shapes first, from the arrays' headers: checked and planned before any data is decoded.
+        let (b, d, inputElements) = try inputShapes()
         let dOut = model.outputWidth(d: d)
+        let s = model.dtype.byteCount
+        let perNumber = format == .json ? 25 : s * 4 / 3 + 1
+        func admit(_ planned: PlannedOperation, path: String, answer: Count? = nil, extra: Count = .zero, more: Count = .zero) throws {
+            try job.admit(
+                model.plan(planned, batch: b, d: d), path: path, answerElements: answer, extraBytes: extra, inputElements: inputElements + more,
+                answerBytesPerNumber: perNumber)
+        }
         w.beginObject()
         switch endpoint {
         case "apply":
-            try check(b * dOut, "y")
+            try admit(.forward, path: "y")
+            let args = try arguments()
             w.key("y")
             TesseractArrays.write(try model.forward(args), format: format, into: &w)
         case "vector_jacobian_product":
@@ -277,6 +282,9 @@ struct TesseractEndpoints {
             guard case .object(let cot)? = root["cotangent_vector"], let yv = cot["y"] else {
                 throw GradError.invalid("cotangent_vector.y", "required: the cotangent of y, shaped like y")
             }
+            let cotangent = Count.product(try TesseractArrays.shape(of: yv, at: "cotangent_vector.y"))
+            try admit(.vjp(k: 1, wrt: Set(wrt.compactMap(GradTarget.init)), returnOutputs: false), path: "cotangent_vector.y", more: cotangent)
+            let args = try arguments()
             let v = try TesseractArrays.decode(yv, at: "cotangent_vector.y")
             let r = try model.vjp(args, gradOutputs: v, isGradsBatched: false, wrt: Set(wrt.compactMap(GradTarget.init)), returnOutputs: false)
             for name in wrt.sorted() {
@@ -288,6 +296,10 @@ struct TesseractEndpoints {
             _ = try names("jvp_outputs", among: ["y"])
             guard case .object(let tan)? = root["tangent_vector"] else { throw GradError.invalid("tangent_vector", "required") }
             for key in tan.keys where !wrt.contains(key) { throw GradError.invalid("tangent_vector.\(key)", "not one of jvp_inputs") }
+            var tangentElements = Count.zero
+            for (key, v) in tan.entries { tangentElements += Count.product(try TesseractArrays.shape(of: v, at: "tangent_vector.\(key)")) }
+            try admit(.jvp(k: 1, returnOutputs: false), path: "tangent_vector", more: tangentElements)
+            let args = try arguments()
             let tx = try wrt.contains("x") ? tan["x"].map { try TesseractArrays.decode($0, at: "tangent_vector.x") } : nil
             let tt = try wrt.contains("t") ? tan["t"].map { try TesseractArrays.decode($0, at: "tangent_vector.t") } : nil
             // Tesseract tangents have their input's shape exactly (no leading K as in /v1/jvp).
@@ -304,10 +316,12 @@ struct TesseractEndpoints {
             let wrt = try names("jac_inputs", among: inputNames)
             _ = try names("jac_outputs", among: ["y"])
             // Tesseract's Jacobian spans the batch: (*y.shape, *x.shape), zero off the diagonal blocks.
-            var size = 0
-            if wrt.contains("x") { size += b * dOut * b * d }
-            if wrt.contains("t") { size += b * dOut * b }
-            try check(size, "jacobian")
+            var size = Count.zero
+            if wrt.contains("x") { size += Count(b) * dOut * b * d }
+            if wrt.contains("t") { size += Count(b) * dOut * b }
+            try admit(
+                .jacobian(wrt: Set(wrt.compactMap(GradTarget.init)), mode: .auto, returnOutputs: false), path: "jacobian", answer: size, extra: size * s)
+            let args = try arguments()
             let r = try model.jacobian(args, wrt: Set(wrt.compactMap(GradTarget.init)), mode: .auto)
             w.key("y")
             w.beginObject()
@@ -325,8 +339,24 @@ struct TesseractEndpoints {
 
     var inputNames: [String] { model.hasT ? ["x", "t"] : ["x"] }
 
-    private func check(_ elements: Int, _ path: String) throws {
-        if elements > maxOutputElements { throw GradError.outputTooLarge(path: path, elements: elements, limit: maxOutputElements) }
+    /// B and D from the header of `inputs.x` (and `inputs.t`'s shape), checked against the model;
+    /// the elements of both.
+    private func inputShapes() throws -> (Int, Int, Count) {
+        guard case .object(let inputs)? = root["inputs"] else { throw GradError.invalid("inputs", "required: {\"x\": …\(model.hasT ? ", \"t\": …" : "")}") }
+        for key in inputs.keys where !inputNames.contains(key) { throw GradError.invalid("inputs.\(key)", "extra field not permitted") }
+        guard let x = inputs["x"] else { throw GradError.invalid("inputs.x", "field required") }
+        let xs = try TesseractArrays.shape(of: x, at: "inputs.x")
+        guard xs.count == 2 else { throw GradError.invalid("inputs.x", "expected a [B, D] array, got shape \(Shape.describe(xs))") }
+        try model.checkBatchShape(batch: xs[0], d: xs[1])
+        var elements = Count.product(xs)
+        if let t = inputs["t"] {
+            let ts = try TesseractArrays.shape(of: t, at: "inputs.t")
+            guard ts == [xs[0]] else { throw GradError.invalid("inputs.t", "expected shape [\(xs[0])] (one t per sample), got \(Shape.describe(ts))") }
+            elements += Count.product(ts)
+        } else if model.hasT {
+            throw GradError.invalid("inputs.t", "field required")
+        }
+        return (xs[0], xs[1], elements)
     }
 
     private func arguments() throws -> AnyModel.Arguments {
@@ -403,7 +433,9 @@ struct TesseractErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             case .invalid(let list): issues = list
             case .outputTooLarge(let path, let elements, let limit):
                 issues = [FieldIssue(path: path, message: "the answer would hold \(elements) numbers, above the server's limit of \(limit)")]
-            case .deadlineExceeded: throw error
+            case .limitExceeded(let path, let limit, let message):
+                issues = [FieldIssue(path: TesseractEndpoints.tesseractPath(path), message: "\(message) (\(limit))")]
+            case .deadlineExceeded, .cancelled: throw error
             }
             var w = JSONWriter()
             w.beginObject()

@@ -10,15 +10,15 @@ import Hummingbird
 /// flattened row-major: `[x (B·D), t (B)]` → `[y (B·D')]`. `Gradient` is the VJP `sensᵀJ` and
 /// `ApplyJacobian` the JVP `J·vec`. Every error is UM-Bridge's `{"error": {"type", "message"}}`
 /// (the client reads no status code).
-struct UMBridgeController<Context: RequestContext>: Sendable {
+struct UMBridgeController: Sendable {
+    typealias Context = GradRequestContext
     let registry: ModelRegistry
-    let pool: ComputePool
-    let configuration: ServerConfiguration
+    let pipeline: RequestPipeline
 
     func addRoutes(to router: Router<Context>) {
         let group = router.group("umbridge/:id")
         group.add(middleware: UMBridgeErrorMiddleware())
-        if let key = configuration.apiKey { group.add(middleware: AuthMiddleware(apiKey: key)) }
+        if let key = pipeline.configuration.apiKey { group.add(middleware: AuthMiddleware(apiKey: key)) }
         group.get("Info") { _, context in
             // The client reads Info without checking for an error object; an unknown id lists no
             // models, so the client raises its own "Model forward not supported by server!".
@@ -44,14 +44,11 @@ struct UMBridgeController<Context: RequestContext>: Sendable {
 
     func handle(_ route: String, _ request: Request, _ context: Context) async throws -> Response {
         let model = try model(context)
-        let body = try await BodyReader.collect(request, limit: configuration.maxBodyBytes)
-        let limit = configuration.maxOutputElements
-        let deadline = configuration.deadline()
-        let bytes = try await pool.run(deadline: deadline) { _ -> [UInt8] in
-            let value = try body.withUnsafeReadableBytes { try JSONParser.parse($0) }
+        let bytes = try await pipeline.run(request, context) { job -> [UInt8] in
+            let value = try job.body.withUnsafeReadableBytes { try JSONParser.parse($0) }
             guard case .object(let root) = value else { throw UMBridgeError(type: "InvalidInput", message: "the body must be a JSON object") }
             var w = JSONWriter()
-            try UMBridgeEndpoints(model: model, root: root, maxOutputElements: limit).run(route, into: &w)
+            try UMBridgeEndpoints(model: model, root: root, job: job).run(route, into: &w)
             return w.takeBytes()
         }
         return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
@@ -69,7 +66,7 @@ struct UMBridgeError: Error {
 struct UMBridgeEndpoints {
     let model: AnyModel
     let root: JSONObject
-    let maxOutputElements: Int
+    let job: Job
 
     func run(_ route: String, into w: inout JSONWriter) throws {
         do {
@@ -77,6 +74,10 @@ struct UMBridgeEndpoints {
         } catch .invalid(let issues) as GradError {
             // The core names fields as /v1 does; say them as UM-Bridge does.
             throw UMBridgeError(type: "InvalidInput", message: issues.map { "\(Self.umbridgeName($0.path)): \($0.message)" }.joined(separator: "; "))
+        } catch .outputTooLarge(_, let elements, let limit) as GradError {
+            throw UMBridgeError(type: "InvalidInput", message: "the answer would hold \(elements) numbers, above the server's limit of \(limit)")
+        } catch .limitExceeded(_, let limit, let message) as GradError {
+            throw UMBridgeError(type: "InvalidInput", message: "\(message) (\(limit))")
         }
     }
 
@@ -108,8 +109,17 @@ struct UMBridgeEndpoints {
             return
         }
         let (b, d) = try layout()
+        try model.checkBatchShape(batch: b, d: d)
         let dOut = model.outputWidth(d: d)
-        let inputSizes = model.hasT ? [b * d, b] : [b * d]
+        let flat = Count(b) * d
+        guard !flat.overflowed else { throw UMBridgeError(type: "InvalidInput", message: "config.batch × d is too large") }
+        let inputSizes = model.hasT ? [flat.value, b] : [flat.value]
+        // The points are copied once into rows and once into the model's tensor.
+        let inputElements = (flat + b) * 2
+        func admit(_ planned: PlannedOperation) throws {
+            try job.admit(model.plan(planned, batch: b, d: d), path: "input", inputElements: inputElements, answerBytesPerNumber: 25)
+        }
+        let outputSize = Count(b) * dOut
         w.beginObject()
         switch route {
         case "InputSizes":
@@ -120,29 +130,30 @@ struct UMBridgeEndpoints {
         case "OutputSizes":
             w.key("outputSizes")
             w.beginArray()
-            w.number(b * dOut)
+            w.number(outputSize.value)
             w.endArray()
         case "Evaluate":
+            try admit(.forward)
             let args = try arguments(b: b, d: d, sizes: inputSizes)
-            try check(b * dOut)
             w.key("output")
             w.beginArray()
             writeFlat(try model.forward(args), into: &w)
             w.endArray()
         case "Gradient":
-            let args = try arguments(b: b, d: d, sizes: inputSizes)
             let inWrt = try wrt("inWrt", count: inputSizes.count)
             _ = try wrt("outWrt", count: 1)
-            let sens = try vector("sens", length: b * dOut, shape: [b, dOut])
+            try admit(.vjp(k: 1, wrt: [inWrt == 0 ? .x : .t], returnOutputs: false))
+            let args = try arguments(b: b, d: d, sizes: inputSizes)
+            let sens = try vector("sens", length: outputSize.value, shape: [b, dOut])
             let r = try model.vjp(args, gradOutputs: sens, isGradsBatched: false, wrt: [inWrt == 0 ? .x : .t], returnOutputs: false)
             w.key("output")
             writeFlat((inWrt == 0 ? r.x : r.t)!, into: &w)
         case "ApplyJacobian":
-            let args = try arguments(b: b, d: d, sizes: inputSizes)
             let inWrt = try wrt("inWrt", count: inputSizes.count)
             _ = try wrt("outWrt", count: 1)
+            try admit(.jvp(k: 1, returnOutputs: false))
+            let args = try arguments(b: b, d: d, sizes: inputSizes)
             let vec = try vector("vec", length: inputSizes[inWrt], shape: inWrt == 0 ? [b, d] : [b])
-            try check(b * dOut)
             let r = try model.jvp(args, tangentX: inWrt == 0 ? vec : nil, tangentT: inWrt == 1 ? vec : nil, returnOutputs: false)
             w.key("output")
             writeFlat(r.jvp, into: &w)
@@ -221,12 +232,6 @@ struct UMBridgeEndpoints {
         guard v.count == length else { throw UMBridgeError(type: "InvalidInput", message: "\(key) has invalid length! Expected \(length) but got \(v.count)") }
         guard FiniteCheck.firstNonFinite(v) == nil else { throw UMBridgeError(type: "InvalidInput", message: "\(key) holds a non-finite value") }
         return .float64(Tensor(shape: shape, scalars: v))
-    }
-
-    private func check(_ elements: Int) throws {
-        if elements > maxOutputElements {
-            throw UMBridgeError(type: "InvalidInput", message: "the answer would hold \(elements) numbers, above the server's limit of \(maxOutputElements)")
-        }
     }
 
     private func writeFlat(_ t: AnyTensor, into w: inout JSONWriter) {

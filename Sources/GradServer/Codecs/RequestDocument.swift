@@ -58,6 +58,13 @@ struct RequestDocument: Sendable {
         return try TensorDecoder.decode(v, at: path)
     }
 
+    /// The shape of the tensor at `path` without decoding its data; nil when absent.
+    func shape(_ path: String) throws(GradError) -> [Int]? {
+        if let t = binary[path] { return t.shape }
+        guard let v = value(path) else { return nil }
+        return try TensorDecoder.shape(of: v, at: path)
+    }
+
     /// The tensor at `path`, which must be present.
     func requiredTensor(_ path: String) throws(GradError) -> AnyTensor {
         guard let t = try tensor(path) else { throw .invalid(path, "required") }

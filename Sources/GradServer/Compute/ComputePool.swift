@@ -7,14 +7,17 @@ import Synchronization
 /// A bounded pool of compute threads. Compute never runs on the event loops or on Swift's
 /// cooperative pool, so health checks answer while a long Jacobian runs.
 ///
-/// At most `workers` jobs run at once and at most `maxQueued` wait; past that, `submit` refuses
-/// with 503 and `Retry-After`. A job still queued at its deadline is dropped; a job running past
-/// its deadline is answered with 504 (its result is discarded when it finishes).
+/// At most `workers` jobs run at once and at most `maxQueued` wait; past that, ``admit()``
+/// refuses with 503 and `Retry-After`. A job holds its place (and its memory reservation) until
+/// it really ends: at its deadline the caller is answered 504 at once and the job's cancellation
+/// token is set, so the computation stops at its next checkpoint (between layers) and only then
+/// gives its thread, its place and its memory back. `/readyz` and `/metrics` count it until then.
 public final class ComputePool: Sendable {
     private let threads: NIOThreadPool
-    private let workers: Int
-    private let maxQueued: Int
+    let workers: Int
+    let maxQueued: Int
     private let pending = Mutex(0)
+    private let finished = Atomic<Int>(0)
     private let inFlightGauge: Gauge?
 
     /// Starts `workers` threads.
@@ -28,49 +31,94 @@ public final class ComputePool: Sendable {
                 namespace: "gradserve", subsystem: "compute", metricName: "pending", unitName: "", helpText: "Compute jobs running or queued"))
     }
 
-    /// Jobs running or waiting now.
+    /// Jobs running or waiting now (including cancelled ones that have not stopped yet).
     public var pendingCount: Int { pending.withLock { $0 } }
+
+    /// Jobs ended since start.
+    public var finishedCount: Int { finished.load(ordering: .relaxed) }
+
+    /// Running plus queued jobs the pool accepts.
+    public var capacity: Int { workers + maxQueued }
+
+    /// Whether a new job would be admitted now (checked before a body is read).
+    public var hasRoom: Bool { pendingCount < capacity }
 
     /// Stops the threads after the jobs already submitted.
     public func shutdown() async throws { try await threads.shutdownGracefully() }
 
-    /// Runs `body` on a compute thread, passing it the seconds it waited for the thread.
-    public func run<T: Sendable>(
-        deadline: ContinuousClock.Instant, _ body: @escaping @Sendable (_ queueSeconds: Double) throws -> T
-    ) async throws -> T {
+    /// A place among the running and queued jobs, held until the job ends (``release()``, once).
+    public final class Ticket: Sendable {
+        private let pool: ComputePool
+        private let released = Atomic(false)
+        /// Memory the job holds; given back with the place.
+        let reservation: MemoryBudget.Reservation?
+
+        fileprivate init(pool: ComputePool, reservation: MemoryBudget.Reservation?) {
+            self.pool = pool
+            self.reservation = reservation
+        }
+
+        /// Gives the place and the memory back (idempotent).
+        public func release() {
+            guard !released.exchange(true, ordering: .acquiringAndReleasing) else { return }
+            reservation?.release()
+            pool.pending.withLock { $0 -= 1 }
+            pool.finished.add(1, ordering: .relaxed)
+            pool.inFlightGauge?.set(Double(pool.pendingCount))
+        }
+    }
+
+    /// Takes a place, or refuses with 503 and `Retry-After` when the pool is full.
+    public func admit(reservation: MemoryBudget.Reservation? = nil) throws -> Ticket {
         let admitted = pending.withLock { n -> Bool in
             guard n < workers + maxQueued else { return false }
             n += 1
             return true
         }
-        guard admitted else {
-            var headers = HTTPFields()
-            headers[.retryAfter] = "1"
-            throw Problem(
-                .serviceUnavailable, title: "Server busy",
-                detail: "\(workers) computations are running and \(maxQueued) are queued; retry shortly", headers: headers)
-        }
+        guard admitted else { throw busy() }
         inFlightGauge?.set(Double(pendingCount))
-        defer {
-            pending.withLock { $0 -= 1 }
-            inFlightGauge?.set(Double(pendingCount))
-        }
+        return Ticket(pool: self, reservation: reservation)
+    }
+
+    /// The 503 of a full pool.
+    func busy() -> Problem {
+        Problem(
+            .serviceUnavailable, title: "Server busy", detail: "\(workers) computations are running and \(maxQueued) are queued; retry shortly",
+            headers: [.retryAfter: "1"])
+    }
+
+    /// Runs `body` on a compute thread with `token` as its cancellation token, passing it the
+    /// seconds it waited for the thread. The ticket is released when the job ends, whatever the
+    /// caller was answered.
+    public func run<T: Sendable>(
+        _ ticket: Ticket, deadline: ContinuousClock.Instant, token: Cancellation,
+        _ body: @escaping @Sendable (_ queueSeconds: Double) throws -> T
+    ) async throws -> T {
         let submitted = ContinuousClock.now
         let once = OnceContinuation<T>()
         return try await withCheckedThrowingContinuation { continuation in
             once.set(continuation)
             threads.submit { state in
+                defer { ticket.release() }
                 guard state == .active else {
                     return once.resume(throwing: Problem(.serviceUnavailable, title: "Shutting down", detail: "the server is stopping"))
                 }
                 let start = ContinuousClock.now
-                if start >= deadline { return once.resume(throwing: GradError.deadlineExceeded) }
-                let queued = Stopwatch.seconds(start - submitted)
-                do { once.resume(returning: try body(queued)) } catch { once.resume(throwing: error) }
+                if start >= deadline { token.cancel(.deadline) }
+                do {
+                    try token.check()
+                    let queued = Stopwatch.seconds(start - submitted)
+                    once.resume(returning: try Cancellation.run(token) { try body(queued) })
+                } catch {
+                    once.resume(throwing: error)
+                }
             }
             let timer = Task {
                 try? await Task.sleep(until: deadline, clock: .continuous)
-                if !Task.isCancelled { once.resume(throwing: GradError.deadlineExceeded) }
+                if !Task.isCancelled {
+                    token.cancel(.deadline)
+                    once.resume(throwing: GradError.deadlineExceeded)
+                }
             }
             once.onResume { timer.cancel() }
         }

@@ -23,39 +23,47 @@ enum Operation: String, CaseIterable, Sendable {
     }
 }
 
-/// Decodes one compute request, checks the answer size, computes, and builds the answer.
-/// Runs on a compute thread; knows nothing of HTTP beyond ``Problem`` for 404.
+/// Decodes one compute request, plans it (output, memory and FLOPs against the limits, memory
+/// reserved) before decoding its tensors, computes, and builds the answer. Runs on a compute
+/// thread; knows nothing of HTTP beyond ``Problem`` for 404.
 struct OperationRunner: Sendable {
     let registry: ModelRegistry
-    let maxOutputElements: Int
+    let maxLayers: Int
 
-    func run(_ op: Operation, _ doc: RequestDocument) throws -> (Answer, OutputEncoding) {
+    func run(_ op: Operation, _ doc: RequestDocument, _ job: Job) throws -> (Answer, OutputEncoding) {
         try doc.checkKnown(op.fields, nested: op.nestedFields)
         let encoding = OutputEncoding(rawValue: try doc.choice("output_encoding", OutputEncoding.allCases.map(\.rawValue), default: "json"))!
         let returnOutputs = try doc.bool("return_outputs", default: true)
         let model = try resolveModel(doc)
-        let args = AnyModel.Arguments(x: try doc.requiredTensor("inputs.x"), t: try doc.tensor("inputs.t"))
-        if args.t != nil, !model.hasT { throw GradError.invalid("inputs.t", "the model has no t input (its inputs are [\"x\"])") }
-        // Shapes are validated again by the core; here they only size the answer.
-        let xs = args.x.shape
+        // Shapes first, from the tensors' headers: nothing large is decoded before the plan.
+        guard let xs = try doc.shape("inputs.x") else { throw GradError.invalid("inputs.x", "required") }
         guard xs.count == 2 else { throw GradError.invalid("inputs.x", "expected a [B, D] array, got shape \(Shape.describe(xs))") }
         let (b, d) = (xs[0], xs[1])
-        let dOut = model.outputWidth(d: d)
+        try model.checkBatchShape(batch: b, d: d)
+        let ts = try doc.shape("inputs.t")
+        if ts != nil, !model.hasT { throw GradError.invalid("inputs.t", "the model has no t input (its inputs are [\"x\"])") }
+        let answerBytes = Self.bytesPerNumber(encoding, model.dtype)
+        func elements(_ shape: [Int]?) -> Count { shape.map { Count.product($0) } ?? .zero }
+        var inputElements = elements(xs) + elements(ts)
+        func admit(_ planned: PlannedOperation, path: String) throws {
+            try job.admit(model.plan(planned, batch: b, d: d), path: path, inputElements: inputElements, answerBytesPerNumber: answerBytes)
+        }
+        func arguments() throws -> AnyModel.Arguments {
+            AnyModel.Arguments(x: try doc.requiredTensor("inputs.x"), t: try doc.tensor("inputs.t"))
+        }
         var answer = Answer()
         switch op {
         case .forward:
-            try checkSize(b, dOut, path: "outputs")
-            answer.add("outputs", tensor: try model.forward(args))
+            try admit(.forward, path: "outputs")
+            answer.add("outputs", tensor: try model.forward(arguments()))
         case .vjp:
             let batched = try doc.bool("is_grads_batched", default: false)
             let wrt = Set(try doc.subset("wrt", model.hasT ? ["x", "t", "params"] : ["x", "params"], default: ["x"]).compactMap(GradTarget.init))
+            guard let vs = try doc.shape("grad_outputs") else { throw GradError.invalid("grad_outputs", "required") }
+            inputElements += elements(vs)
+            try admit(.vjp(k: batched ? (vs.first ?? 1) : 1, wrt: wrt, returnOutputs: returnOutputs), path: "grads")
+            let args = try arguments()
             let v = try doc.requiredTensor("grad_outputs")
-            let k = batched ? (v.shape.first ?? 1) : 1
-            var size = returnOutputs ? mul(b, dOut) : 0
-            if wrt.contains(.x) { size += mul(k, b, d) }
-            if wrt.contains(.t) { size += mul(k, b) }
-            if wrt.contains(.params) { size += mul(k, model.parameterCount) }
-            try check(size, path: "grads")
             let r = try model.vjp(args, gradOutputs: v, isGradsBatched: batched, wrt: wrt, returnOutputs: returnOutputs)
             answer.add("outputs", tensor: r.outputs)
             answer.add("grads", "x", tensor: r.x)
@@ -63,24 +71,23 @@ struct OperationRunner: Sendable {
             for (name, g) in r.params { answer.add("grads", "params", name, tensor: g) }
             if wrt.contains(.params), r.params.isEmpty { answer.addEmptyObject("grads", "params") }
         case .jvp:
-            let tx = try doc.tensor("tangents.x")
-            let tt = try doc.tensor("tangents.t")
             if !doc.has("tangents"), !doc.binary.keys.contains(where: { $0.hasPrefix("tangents.") }) {
                 throw GradError.invalid("tangents", "required: {\"x\": [B, D] or [K, B, D], \"t\": …}; a missing entry counts as zero")
             }
-            let k = max(tx.map { $0.shape.count == 3 ? $0.shape[0] : 1 } ?? 1, tt.map { $0.shape.count == 2 ? $0.shape[0] : 1 } ?? 1)
-            try check((returnOutputs ? mul(b, dOut) : 0) + mul(k, b, dOut), path: "jvp")
-            let r = try model.jvp(args, tangentX: tx, tangentT: tt, returnOutputs: returnOutputs)
+            let txs = try doc.shape("tangents.x")
+            let tts = try doc.shape("tangents.t")
+            inputElements += elements(txs) + elements(tts)
+            let k = max(txs.map { $0.count == 3 ? $0[0] : 1 } ?? 1, tts.map { $0.count == 2 ? $0[0] : 1 } ?? 1)
+            try admit(.jvp(k: k, returnOutputs: returnOutputs), path: "jvp")
+            let args = try arguments()
+            let r = try model.jvp(args, tangentX: try doc.tensor("tangents.x"), tangentT: try doc.tensor("tangents.t"), returnOutputs: returnOutputs)
             answer.add("outputs", tensor: r.outputs)
             answer.add("jvp", tensor: r.jvp)
         case .jacobian:
             let wrt = Set(try doc.subset("wrt", model.hasT ? ["x", "t"] : ["x"], default: ["x"]).compactMap(GradTarget.init))
             let mode = JacobianMode(rawValue: try doc.choice("mode", JacobianMode.allCases.map(\.rawValue), default: "auto"))!
-            var size = returnOutputs ? mul(b, dOut) : 0
-            if wrt.contains(.x) { size += mul(b, dOut, d) }
-            if wrt.contains(.t) { size += mul(b, dOut) }
-            try check(size, path: "jacobian")
-            let r = try model.jacobian(args, wrt: wrt, mode: mode)
+            try admit(.jacobian(wrt: wrt, mode: mode, returnOutputs: returnOutputs), path: "jacobian")
+            let r = try model.jacobian(arguments(), wrt: wrt, mode: mode)
             if returnOutputs { answer.add("outputs", tensor: r.outputs) }
             answer.add("jacobian", "x", tensor: r.x)
             answer.add("jacobian", "t", tensor: r.t)
@@ -92,15 +99,26 @@ struct OperationRunner: Sendable {
             if method == "exact", doc.object["probes"] != nil || doc.object["seed"] != nil {
                 throw GradError.invalid(doc.object["probes"] != nil ? "probes" : "seed", "only used with \"method\": \"hutchinson\"")
             }
-            if returnOutputs, doc.object["return_outputs"] != nil { try check(mul(b, dOut) + b, path: "outputs") }
-            // The exact trace never forms more than the Jacobian the limit allows.
-            if method == "exact" { try check(mul(b, dOut, d), path: "divergence") } else { try check(mul(probes, b, max(d, dOut)), path: "probes") }
-            let div = try model.divergence(args, method: method == "exact" ? .exact : .hutchinson(probes: probes, seed: UInt64(seed)))
-            if returnOutputs, doc.object["return_outputs"] != nil { answer.add("outputs", tensor: try model.forward(args)) }
+            let withOutputs = returnOutputs && doc.object["return_outputs"] != nil
+            let divMethod: DivergenceMethod = method == "exact" ? .exact : .hutchinson(probes: probes, seed: UInt64(seed))
+            try admit(.divergence(divMethod, returnOutputs: withOutputs), path: method == "exact" ? "divergence" : "probes")
+            let args = try arguments()
+            let div = try model.divergence(args, method: divMethod)
+            if withOutputs { answer.add("outputs", tensor: try model.forward(args)) }
             answer.add("divergence", tensor: div)
             answer.add("method", string: method)
         }
         return (answer, encoding)
+    }
+
+    /// Bytes one number takes in an answer: JSON text (shortest round-trip form, sign, exponent,
+    /// comma), base64 text of the binary value, or the binary value itself.
+    static func bytesPerNumber(_ encoding: OutputEncoding, _ dtype: DType) -> Int {
+        switch encoding {
+        case .json: 25
+        case .base64: dtype.byteCount * 4 / 3 + 1
+        case .safetensors: dtype.byteCount
+        }
     }
 
     func resolveModel(_ doc: RequestDocument) throws -> AnyModel {
@@ -115,26 +133,9 @@ struct OperationRunner: Sendable {
         case let v?:
             var weights: [String: AnyTensor] = [:]
             for (name, t) in doc.binary where name.hasPrefix("model.weights.") { weights[String(name.dropFirst("model.weights.".count))] = t }
-            return try ModelDecoder.decode(v, at: "model", binaryWeights: weights)
+            return try ModelDecoder.decode(v, at: "model", binaryWeights: weights, maxLayers: maxLayers)
         case nil:
             throw GradError.invalid("model", "required: a model object or the id of a registered model")
         }
-    }
-
-    /// Products that saturate instead of overflowing (sizes only compare against the limit).
-    private func mul(_ xs: Int...) -> Int {
-        var p = 1
-        for x in xs {
-            let (r, o) = p.multipliedReportingOverflow(by: max(0, x))
-            if o { return Int.max / 4 }
-            p = r
-        }
-        return p
-    }
-
-    private func checkSize(_ b: Int, _ w: Int, path: String) throws { try check(mul(b, w), path: path) }
-
-    private func check(_ elements: Int, path: String) throws {
-        if elements > maxOutputElements { throw GradError.outputTooLarge(path: path, elements: elements, limit: maxOutputElements) }
     }
 }

@@ -6,26 +6,22 @@ import Synchronization
 
 /// `POST /v1/benchmark`: the same timing reports as `gradserve bench`, for a posted workload,
 /// bounded in run time by `--benchmark-max-seconds`.
-struct BenchmarkController<Context: RequestContext>: Sendable {
-    let pool: ComputePool
+struct BenchmarkController: Sendable {
+    let pipeline: RequestPipeline
     let runner: OperationRunner
-    let configuration: ServerConfiguration
     let machine = MachineCache()
 
-    func addRoutes(to group: RouterGroup<Context>) {
-        group.post("benchmark") { request, _ in try await handle(request) }
+    func addRoutes(to group: RouterGroup<GradRequestContext>) {
+        group.post("benchmark") { request, context in try await handle(request, context) }
     }
 
-    func handle(_ request: Request) async throws -> Response {
-        let body = try await BodyReader.collect(request, limit: configuration.maxBodyBytes)
-        let contentType = request.headers[.contentType]
+    func handle(_ request: Request, _ context: GradRequestContext) async throws -> Response {
         let runner = self.runner
-        let maxSeconds = configuration.benchmarkMaxSeconds
-        let deadline = configuration.deadline(extra: maxSeconds)
+        let maxSeconds = pipeline.configuration.benchmarkMaxSeconds
         let machineBox = machine
-        let report = try await pool.run(deadline: deadline) { _ -> BenchmarkReport in
+        let report = try await pipeline.run(request, context, extraSeconds: maxSeconds) { job -> BenchmarkReport in
             let info = machineBox.get()
-            let doc = try RequestDocument.parse(body, contentType: contentType)
+            let doc = try job.document()
             let started = ContinuousClock.now
             // Each workload gets what is left of the budget; at least 3 iterations always run.
             func remaining() -> Double { max(0.05, maxSeconds - Stopwatch.seconds(ContinuousClock.now - started)) }
@@ -36,6 +32,11 @@ struct BenchmarkController<Context: RequestContext>: Sendable {
                 let inF = try doc.int("in", default: 1000, range: 1...8192)
                 let outF = try doc.int("out", default: 1000, range: 1...8192)
                 let batch = try doc.int("batch", default: 1000, range: 1...8192)
+                // Weight, input and output of one nn.Linear, twice over (the timed loop keeps one of each).
+                let bytes = (Count(outF) * inF + Count(batch) * inF + Count(batch) * outF) * 8
+                try job.admit(
+                    ResourcePlan(outputElements: .zero, peakBytes: bytes, flops: Count(batch) * inF * outF * 2 * iterations), path: "batch",
+                    answerBytesPerNumber: 0)
                 let r = ModelBenchmark.linear(in: inF, out: outF, batch: batch, iterations: iterations, maxSeconds: remaining(), peakGFLOPs: info.peakGFLOPs)
                 return BenchmarkReport(machine: info, results: [r])
             }
@@ -50,10 +51,24 @@ struct BenchmarkController<Context: RequestContext>: Sendable {
             if let given, given != d { throw GradError.invalid("d", "the model takes x with \(d) features, not \(given)") }
             let methods = Array(try doc.subset("methods", ModelBenchmark.methods[op]!, default: ModelBenchmark.methods[op]!))
                 .sorted { ModelBenchmark.methods[op]!.firstIndex(of: $0)! < ModelBenchmark.methods[op]!.firstIndex(of: $1)! }
-            let outElements = batch * model.outputWidth(d: d) * (op == "jacobian" || op == "divergence" ? d : 1)
-            if outElements > runner.maxOutputElements {
-                throw GradError.outputTooLarge(path: "batch", elements: outElements, limit: runner.maxOutputElements)
+            try model.checkBatchShape(batch: batch, d: d)
+            // Every timed method holds one answer at a time; FLOPs are those of one iteration
+            // (the run time is bounded by --benchmark-max-seconds).
+            let planned: PlannedOperation =
+                switch op {
+                case "forward": .forward
+                case "vjp": .vjp(k: 1, wrt: [.x], returnOutputs: true)
+                case "jvp": .jvp(k: 1, returnOutputs: true)
+                case "divergence": .divergence(.hutchinson(probes: 16, seed: 0))
+                default: .jacobian(wrt: [.x], mode: .auto)
+                }
+            var plan = model.plan(planned, batch: batch, d: d)
+            if op == "divergence" { plan.peakBytes = Count.max(plan.peakBytes, model.plan(.divergence(.exact), batch: batch, d: d).peakBytes) }
+            if op == "jacobian" || op == "divergence" {
+                plan.peakBytes = Count.max(plan.peakBytes, model.plan(.jacobian(wrt: [.x], mode: .forward), batch: batch, d: d).peakBytes)
+                plan.peakBytes = Count.max(plan.peakBytes, model.plan(.jacobian(wrt: [.x], mode: .reverse), batch: batch, d: d).peakBytes)
             }
+            try job.admit(plan, path: "batch", answerBytesPerNumber: 0)
             var results: [TimingResult] = []
             for method in methods {
                 results += try ModelBenchmark.run(

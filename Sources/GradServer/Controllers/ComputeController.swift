@@ -2,38 +2,33 @@ import GradCodec
 import GradCore
 import Hummingbird
 
-/// `POST /v1/{forward,vjp,jvp,jacobian,divergence}`: the handler only collects the body; parsing,
-/// validation, the math and encoding all run on a compute thread.
-struct ComputeController<Context: RequestContext>: Sendable {
-    let pool: ComputePool
+/// `POST /v1/{forward,vjp,jvp,jacobian,divergence}`: each route declares its operation; the
+/// request pipeline admits, reads and plans it, and the runner computes it on a compute thread.
+struct ComputeController: Sendable {
+    let pipeline: RequestPipeline
     let runner: OperationRunner
-    let configuration: ServerConfiguration
 
-    var endpoints: RouteCollection<Context> {
-        let routes = RouteCollection(context: Context.self)
+    var endpoints: RouteCollection<GradRequestContext> {
+        let routes = RouteCollection(context: GradRequestContext.self)
         for op in Operation.allCases {
             routes.post(RouterPath(op.rawValue)) { request, context in try await handle(op, request, context) }
         }
         return routes
     }
 
-    func handle(_ op: Operation, _ request: Request, _ context: Context) async throws -> Response {
-        let arrival = ContinuousClock.now
-        let body = try await BodyReader.collect(request, limit: configuration.maxBodyBytes)
-        let contentType = request.headers[.contentType]
+    func handle(_ op: Operation, _ request: Request, _ context: GradRequestContext) async throws -> Response {
         let runner = self.runner
-        let deadline = configuration.deadline(from: arrival)
-        let (bytes, type, serverTiming) = try await pool.run(deadline: deadline) { queueSeconds in
+        let (bytes, type, serverTiming) = try await pipeline.run(request, context) { job in
             let clock = ContinuousClock()
             let t0 = clock.now
-            let doc = try RequestDocument.parse(body, contentType: contentType)
+            let doc = try job.document()
             let t1 = clock.now
-            let (answer, encoding) = try runner.run(op, doc)
+            let (answer, encoding) = try runner.run(op, doc, job)
             let t2 = clock.now
             var timing: [(String, Double)] = []
             let (bytes, type) = answer.encode(encoding) {
                 timing = [
-                    ("queue", queueSeconds), ("decode", Stopwatch.seconds(t1 - t0)), ("compute", Stopwatch.seconds(t2 - t1)),
+                    ("queue", job.queueSeconds), ("decode", Stopwatch.seconds(t1 - t0)), ("compute", Stopwatch.seconds(t2 - t1)),
                     ("encode", Stopwatch.seconds(clock.now - t2)),
                 ]
                 var trailer = Answer()
@@ -46,27 +41,5 @@ struct ComputeController<Context: RequestContext>: Sendable {
         headers[.contentType] = type
         headers[.serverTiming] = serverTiming
         return Response(status: .ok, headers: headers, body: .init(byteBuffer: bytes))
-    }
-}
-
-/// Reads a request body within the size limit: a declared length above it is refused at once,
-/// a chunked body as soon as it passes the limit. The buffer is sized from `Content-Length`, so
-/// a megabyte body is not copied again each time the buffer grows.
-enum BodyReader {
-    static func collect(_ request: Request, limit: Int) async throws -> ByteBuffer {
-        let declared = request.headers[.contentLength].flatMap { Int($0) }
-        if let declared, declared > limit {
-            throw Problem(.contentTooLarge, title: "Body too large", detail: "the body declares \(declared) bytes; the limit is \(limit) (--max-body-bytes)")
-        }
-        var buffer = ByteBufferAllocator().buffer(capacity: min(declared ?? 16_384, limit))
-        var total = 0
-        for try await fragment in request.body {
-            total += fragment.readableBytes
-            if total > limit {
-                throw Problem(.contentTooLarge, title: "Body too large", detail: "the body is larger than the limit of \(limit) bytes (--max-body-bytes)")
-            }
-            buffer.writeImmutableBuffer(fragment)
-        }
-        return buffer
     }
 }

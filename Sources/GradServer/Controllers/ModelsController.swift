@@ -3,14 +3,13 @@ import GradCore
 import Hummingbird
 
 /// `/v1/models`: register (JSON or safetensors), list, describe, delete.
-struct ModelsController<Context: RequestContext>: Sendable {
+struct ModelsController: Sendable {
     let registry: ModelRegistry
-    let pool: ComputePool
-    let configuration: ServerConfiguration
+    let pipeline: RequestPipeline
 
-    var endpoints: RouteCollection<Context> {
-        let routes = RouteCollection(context: Context.self)
-        routes.post { request, context in try await register(request) }
+    var endpoints: RouteCollection<GradRequestContext> {
+        let routes = RouteCollection(context: GradRequestContext.self)
+        routes.post { request, context in try await register(request, context) }
         routes.get { _, _ in list() }
         routes.get(":id") { _, context in try describe(try context.parameters.require("id")) }
         routes.delete(":id") { _, context in try delete(try context.parameters.require("id")) }
@@ -19,14 +18,11 @@ struct ModelsController<Context: RequestContext>: Sendable {
 
     /// `POST /v1/models`: `{"name", "model"}` as JSON, or a safetensors file of the weights whose
     /// `__metadata__` holds `model` (the architecture as JSON, weights referenced by tensor name) and `name`.
-    func register(_ request: Request) async throws -> Response {
-        let body = try await BodyReader.collect(request, limit: configuration.maxBodyBytes)
-        let contentType = request.headers[.contentType]
+    func register(_ request: Request, _ context: GradRequestContext) async throws -> Response {
         let registry = self.registry
-        let deadline = configuration.deadline()
-        let (entry, created) = try await pool.run(deadline: deadline) { _ in
-            let (modelValue, name, weights) = try Self.decodeRegistration(body, contentType: contentType)
-            let model = try ModelDecoder.decode(modelValue, at: "model", binaryWeights: weights)
+        let (entry, created) = try await pipeline.run(request, context) { job in
+            let (modelValue, name, weights) = try Self.decodeRegistration(job.body, contentType: job.contentType)
+            let model = try ModelDecoder.decode(modelValue, at: "model", binaryWeights: weights, maxLayers: job.configuration.maxLayers)
             return try registry.register(model, name: name)
         }
         var headers = HTTPFields()
@@ -36,25 +32,24 @@ struct ModelsController<Context: RequestContext>: Sendable {
     }
 
     static func decodeRegistration(_ body: ByteBuffer, contentType: String?) throws -> (JSONValue, String?, [String: AnyTensor]) {
-        let doc = try RequestDocument.parse(body, contentType: contentType)
-        if doc.binary.isEmpty {
-            try doc.checkKnown(["name", "model"])
-            guard let model = doc.object["model"] else { throw GradError.invalid("model", "required: the model object to register") }
-            var name: String? = nil
-            if let v = doc.object["name"] {
-                guard case .string(let s) = v else { throw GradError.invalid("name", "expected a string") }
-                name = s
+        let media = contentType?.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+        if media == "application/octet-stream" {
+            // Safetensors: metadata "model" (JSON text) and "name"; every tensor is a named weight.
+            let file = try body.withUnsafeReadableBytes { try Safetensors.read($0) }
+            guard let text = file.metadata["model"] else {
+                throw GradError.invalid("__metadata__.model", "required: the architecture as model-format JSON, weights named by tensor")
             }
-            return (model, name, [:])
+            return (try JSONParser.parse(text), file.metadata["name"], file.tensors)
         }
-        // Safetensors: metadata "model" (JSON text) and "name"; every tensor is a named weight.
-        var buffer = body
-        let bytes = buffer.readBytes(length: buffer.readableBytes) ?? []
-        let file = try bytes.withUnsafeBytes { try Safetensors.read($0) }
-        guard let text = file.metadata["model"] else {
-            throw GradError.invalid("__metadata__.model", "required: the architecture as model-format JSON, weights named by tensor")
+        let doc = try RequestDocument.parse(body, contentType: contentType)
+        try doc.checkKnown(["name", "model"])
+        guard let model = doc.object["model"] else { throw GradError.invalid("model", "required: the model object to register") }
+        var name: String? = nil
+        if let v = doc.object["name"] {
+            guard case .string(let s) = v else { throw GradError.invalid("name", "expected a string") }
+            name = s
         }
-        return (try JSONParser.parse(text), file.metadata["name"], file.tensors)
+        return (model, name, [:])
     }
 
     func list() -> Response {

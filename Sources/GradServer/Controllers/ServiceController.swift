@@ -6,8 +6,10 @@ import Prometheus
 
 /// `/healthz`, `/readyz`, `/metrics`, `/v1/info`, `/openapi.yaml`. None of these touch the
 /// compute pool, so they answer while long computations run.
-struct ServiceController<Context: RequestContext>: Sendable {
+struct ServiceController: Sendable {
+    typealias Context = GradRequestContext
     let pool: ComputePool
+    let memory: MemoryBudget
     let metrics: PrometheusCollectorRegistry
     let configuration: ServerConfiguration
     let registry: ModelRegistry
@@ -20,14 +22,20 @@ struct ServiceController<Context: RequestContext>: Sendable {
     func addRoutes(to router: Router<Context>) {
         router.get("healthz") { _, _ in json(#"{"status":"ok"}"#) }
         router.get("readyz") { _, _ in
+            // Busy when the queue is full or the memory budget is nearly spent: a load balancer
+            // then sends new requests to another replica. Cancelled computations count until they stop.
             let pending = pool.pendingCount
-            let capacity = configuration.workers + configuration.maxQueued
-            if pending >= capacity {
+            let capacity = pool.capacity
+            let reserved = memory.reservedBytes
+            let busy = pending >= capacity || reserved >= memory.limit / 10 * 9
+            let text =
+                #"{"status":"\#(busy ? "busy" : "ready")","pending":\#(pending),"capacity":\#(capacity),"memory_reserved_bytes":\#(reserved),"memory_limit_bytes":\#(memory.limit)}"#
+            if busy {
                 return Response(
                     status: .serviceUnavailable, headers: [.contentType: "application/json", .retryAfter: "1"],
-                    body: .init(byteBuffer: ByteBuffer(string: #"{"status":"busy","pending":\#(pending)}"#)))
+                    body: .init(byteBuffer: ByteBuffer(string: text)))
             }
-            return json(#"{"status":"ready","pending":\#(pending),"capacity":\#(capacity)}"#)
+            return json(text)
         }
         router.get("metrics") { _, _ in
             Response(
@@ -71,15 +79,29 @@ struct ServiceController<Context: RequestContext>: Sendable {
             w.beginObject()
             for (k, v) in [
                 ("max_body_bytes", configuration.maxBodyBytes), ("max_output_elements", configuration.maxOutputElements),
-                ("max_queued", configuration.maxQueued),
+                ("max_queued", configuration.maxQueued), ("max_request_memory_bytes", configuration.maxRequestMemory),
+                ("memory_limit_bytes", memory.limit), ("max_layers", configuration.maxLayers), ("max_connections", configuration.maxConnections),
+                ("max_models", configuration.maxModels), ("max_registry_bytes", configuration.maxRegistryBytes),
             ] {
                 w.key(k)
                 w.number(v)
             }
-            w.key("deadline_s")
-            w.number(configuration.deadlineSeconds)
-            w.key("benchmark_max_s")
-            w.number(configuration.benchmarkMaxSeconds)
+            for (k, v) in [
+                ("max_request_gflop", configuration.maxRequestGFLOP), ("deadline_s", configuration.deadlineSeconds),
+                ("body_timeout_s", configuration.bodyTimeoutSeconds), ("write_timeout_s", configuration.writeTimeoutSeconds),
+                ("benchmark_max_s", configuration.benchmarkMaxSeconds),
+            ] {
+                w.key(k)
+                w.number(v)
+            }
+            w.key("allowed_origins")
+            w.beginArray()
+            for o in configuration.allowedOrigins { w.string(o) }
+            w.endArray()
+            w.key("allowed_hosts")
+            w.beginArray()
+            for h in configuration.allowedHosts { w.string(h) }
+            w.endArray()
             w.endObject()
             w.key("auth")
             w.bool(configuration.apiKey != nil)

@@ -82,7 +82,16 @@ extension Problem {
                     detail: "the answer would hold \(elements) numbers, above the output limit of \(limit) (--max-output-elements)",
                     errors: [FieldIssue(path: path, message: "would produce \(elements) numbers; the limit is \(limit)")])
             case .deadlineExceeded:
-                return Problem(.gatewayTimeout, title: "Deadline exceeded", detail: "the request did not finish within the server's deadline")
+                return Problem(
+                    .gatewayTimeout, title: "Deadline exceeded",
+                    detail: "the request did not finish within the server's deadline (--deadline); its computation was stopped")
+            case .cancelled:
+                // Nobody reads this answer (the client went away); 499 is nginx's "client closed request".
+                return Problem(HTTPResponse.Status(code: 499, reasonPhrase: "Client Closed Request"), title: "Cancelled", detail: "the client went away")
+            case .limitExceeded(let path, let limit, let message):
+                return Problem(
+                    .unprocessableContent, title: "Request exceeds a limit", detail: "\(message) (\(limit))",
+                    errors: [FieldIssue(path: path, message: "\(message) (\(limit))")])
             }
         case is NIOTooManyBytesError:
             return Problem(.contentTooLarge, title: "Body too large", detail: "the request body is larger than the server's limit (--max-body-bytes)")

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import GradCodec
 import GradCore
+import Hummingbird
 import Logging
 import Synchronization
 
@@ -22,15 +23,40 @@ public struct RegisteredModel: Sendable {
 /// Writes are atomic (temp file, fsync, rename, fsync of the directory): a model acknowledged
 /// with 201 survives a kill -9 at any moment. At start every file is read and re-validated; a
 /// damaged or partial file is logged and skipped, never fatal.
+///
+/// Registrations and deletions are serialized (one writer at a time, lookups never wait for it):
+/// whether a registration is new (201) or known (200) is decided together with its write, and a
+/// racing DELETE either comes before (and the model is registered again) or after (and it is
+/// gone from memory and disk alike). Quotas bound the number of models and the bytes of their
+/// files; a full quota or a full disk is 507 and leaves no partial file.
 public final class ModelRegistry: Sendable {
+    /// How much the registry may hold.
+    public struct Quota: Sendable {
+        public var maxModels: Int
+        public var maxBytes: Int
+        public init(maxModels: Int = .max, maxBytes: Int = .max) {
+            self.maxModels = maxModels
+            self.maxBytes = maxBytes
+        }
+    }
+
+    private struct Stored {
+        var models: [String: RegisteredModel] = [:]
+        var fileBytes: [String: Int] = [:]
+        var totalBytes = 0
+    }
+
     private let directory: URL
-    private let models = Mutex<[String: RegisteredModel]>([:])
+    private let state = Mutex(Stored())
+    private let writer = Mutex(())
+    private let quota: Quota
     private let logger: Logger
 
     /// Opens (creating if needed) the registry under `dataDirectory` and loads what is there.
-    public init(dataDirectory: String, logger: Logger) throws {
+    public init(dataDirectory: String, logger: Logger, quota: Quota = Quota()) throws {
         self.directory = URL(fileURLWithPath: dataDirectory).appendingPathComponent("models")
         self.logger = logger
+        self.quota = quota
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         load()
     }
@@ -41,49 +67,81 @@ public final class ModelRegistry: Sendable {
     }
 
     /// Looks a model up by id.
-    public func get(_ id: String) -> RegisteredModel? { models.withLock { $0[id] } }
+    public func get(_ id: String) -> RegisteredModel? { state.withLock { $0.models[id] } }
 
     /// Every model, oldest first.
-    public func all() -> [RegisteredModel] { models.withLock { Array($0.values) }.sorted { ($0.created, $0.id) < ($1.created, $1.id) } }
+    public func all() -> [RegisteredModel] { state.withLock { Array($0.models.values) }.sorted { ($0.created, $0.id) < ($1.created, $1.id) } }
+
+    /// Models held and the bytes of their files.
+    public var usage: (models: Int, bytes: Int) { state.withLock { ($0.models.count, $0.totalBytes) } }
 
     /// Registers `model`; returns the entry and whether it is new. Idempotent: the same content gives the same id.
     public func register(_ model: AnyModel, name: String?) throws -> (RegisteredModel, created: Bool) {
         let canonical = ModelEncoder.canonical(model)
         let id = SHA256.hash(data: canonical).map { String(format: "%02x", $0) }.joined()
         if let existing = get(id) { return (existing, false) }
-        let entry = RegisteredModel(id: id, name: name, created: ISO8601DateFormatter().string(from: Date()), model: model)
-        var w = JSONWriter(capacity: canonical.count + 256)
-        w.beginObject()
-        w.key("id")
-        w.string(id)
-        w.key("name")
-        if let name { w.string(name) } else { w.null() }
-        w.key("created")
-        w.string(entry.created)
-        w.key("model")
-        w.raw(canonical)
-        w.endObject()
-        try AtomicFile.write(w.bytes, to: directory.appendingPathComponent("\(id).json"))
-        let stored = models.withLock { m -> RegisteredModel in
-            if let raced = m[id] { return raced }
-            m[id] = entry
-            return entry
+        return try writer.withLock { _ in
+            if let existing = get(id) { return (existing, false) }
+            let entry = RegisteredModel(id: id, name: name, created: ISO8601DateFormatter().string(from: Date()), model: model)
+            var w = JSONWriter(capacity: canonical.count + 256)
+            w.beginObject()
+            w.key("id")
+            w.string(id)
+            w.key("name")
+            if let name { w.string(name) } else { w.null() }
+            w.key("created")
+            w.string(entry.created)
+            w.key("model")
+            w.raw(canonical)
+            w.endObject()
+            let size = w.bytes.count
+            let (count, total) = usage
+            if count >= quota.maxModels {
+                throw Self.full("the registry holds \(count) models, its limit (--max-models)")
+            }
+            if total + size > quota.maxBytes {
+                throw Self.full(
+                    "the registry's files take \(Count(total).bytesDescription); this model's \(Count(size).bytesDescription) would pass its limit of \(Count(quota.maxBytes).bytesDescription) (--max-registry-bytes)"
+                )
+            }
+            do {
+                try AtomicFile.write(w.bytes, to: directory.appendingPathComponent("\(id).json"))
+            } catch let e as POSIXError where e.code == .ENOSPC || e.code == .EDQUOT {
+                throw Self.full("the disk holding the registry is full (\(e.code == .ENOSPC ? "ENOSPC" : "EDQUOT")); nothing was written")
+            }
+            state.withLock {
+                $0.models[id] = entry
+                $0.fileBytes[id] = size
+                $0.totalBytes += size
+            }
+            return (entry, true)
         }
-        return (stored, stored.created == entry.created)
+    }
+
+    private static func full(_ detail: String) -> Problem {
+        Problem(
+            HTTPResponse.Status(code: 507, reasonPhrase: "Insufficient Storage"), title: "Registry full", detail: detail + "; delete models or register fewer")
     }
 
     /// Removes a model; false when there was none.
     public func delete(_ id: String) throws -> Bool {
-        guard models.withLock({ $0.removeValue(forKey: id) }) != nil else { return false }
-        let url = directory.appendingPathComponent("\(id).json")
-        try? FileManager.default.removeItem(at: url)
-        AtomicFile.syncDirectory(directory)
-        return true
+        try writer.withLock { _ in
+            let removed = state.withLock { s -> Bool in
+                guard s.models.removeValue(forKey: id) != nil else { return false }
+                s.totalBytes -= s.fileBytes.removeValue(forKey: id) ?? 0
+                return true
+            }
+            guard removed else { return false }
+            let url = directory.appendingPathComponent("\(id).json")
+            try? FileManager.default.removeItem(at: url)
+            AtomicFile.syncDirectory(directory)
+            return true
+        }
     }
 
     private func load() {
         let files = (try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []
-        var loaded: [String: RegisteredModel] = [:]
+        var loaded = Stored()
         for file in files {
             let url = directory.appendingPathComponent(file)
             if file.hasPrefix(".") && file.contains(".tmp") {
@@ -100,13 +158,15 @@ public final class ModelRegistry: Sendable {
                 guard Self.id(of: model) == id, file == "\(id).json" else { throw GradError.invalid("", "content does not match its id") }
                 var name: String? = nil
                 if case .string(let n)? = o["name"] { name = n }
-                loaded[id] = RegisteredModel(id: id, name: name, created: created, model: model)
+                loaded.models[id] = RegisteredModel(id: id, name: name, created: created, model: model)
+                loaded.fileBytes[id] = data.count
+                loaded.totalBytes += data.count
             } catch {
                 logger.error("skipping damaged model file", metadata: ["file": "\(url.path)", "error": "\(error)"])
             }
         }
-        models.withLock { $0 = loaded }
-        logger.info("model registry loaded", metadata: ["models": "\(loaded.count)", "directory": "\(directory.path)"])
+        state.withLock { $0 = loaded }
+        logger.info("model registry loaded", metadata: ["models": "\(loaded.models.count)", "directory": "\(directory.path)"])
     }
 }
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import atexit
 import os
+import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -60,14 +60,49 @@ def server_binary() -> Path:
     return _copy
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+START_TIMEOUT = 60.0  # seconds for a server to listen and answer /healthz (a loaded 2-core machine is slow)
+_LISTENING = re.compile(rb"listening on \S+:(\d+)")
+
+
+def _port_from_log(log_path: Path | None) -> int | None:
+    """The port of the start-up line (Hummingbird: "Server started and listening on 127.0.0.1:41234")."""
+    try:
+        m = _LISTENING.search(log_path.read_bytes()) if log_path else None
+    except OSError:
+        return None
+    return int(m.group(1)) if m else None
+
+
+def _port_from_proc(pid: int) -> int | None:
+    """The one TCP port process `pid` listens on, from /proc (Linux), or None."""
+    try:
+        inodes = set()
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+        ports = set()
+        for table in ("tcp", "tcp6"):
+            try:
+                with open(f"/proc/{pid}/net/{table}") as f:
+                    rows = f.read().splitlines()[1:]
+            except OSError:
+                continue
+            for row in rows:
+                cols = row.split()  # local_address "ADDR:PORT" in hex, state 0A = LISTEN, column 9 = inode
+                if len(cols) > 9 and cols[3] == "0A" and cols[9] in inodes:
+                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
+    except OSError:
+        return None
+    return ports.pop() if len(ports) == 1 else None
 
 
 class Server:
-    """One `gradserve serve` on a free port with its own data directory."""
+    """One `gradserve serve` with its own data directory, on a port the kernel picks when the server binds
+    it (--port 0; read back from the process itself), or on a given port (a restart keeps its URL)."""
 
     def __init__(self, data_dir: str | Path | None = None, args: list[str] | None = None, env: dict | None = None):
         self.data_dir = Path(data_dir) if data_dir else _tmp(tempfile.mkdtemp(prefix="gsclient-data-"))
@@ -81,10 +116,13 @@ class Server:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 30.0, port: int | None = None) -> "Server":
+    def start(self, timeout: float = START_TIMEOUT, port: int | None = None) -> "Server":
         last = ""
-        for _ in range(3):  # a free port can be taken between probe and bind
-            self.port = port or free_port()
+        # With --port 0 a single attempt does; a given port (a restart) may still be held for a moment,
+        # or taken meanwhile: then the server exits and is tried again.
+        for attempt in range(1 if port is None else 3):
+            if attempt:
+                time.sleep(1.0)
             fd, log = tempfile.mkstemp(prefix="gsclient-log-", suffix=".txt")
             self.log_path = _tmp(log)
             env = dict(os.environ)
@@ -96,28 +134,36 @@ class Server:
                 "--host",
                 "127.0.0.1",
                 "--port",
-                str(self.port),
+                str(port or 0),
                 "--data-dir",
                 str(self.data_dir),
                 *self.args,
             ]
             self.proc = subprocess.Popen(cmd, stdout=fd, stderr=subprocess.STDOUT, env=env)
             os.close(fd)
+            self.port = None
             deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
+            while True:
                 if self.proc.poll() is not None:
                     last = f"server exited with {self.proc.returncode}: {self.log()}"
                     break
-                try:
-                    with urllib.request.urlopen(self.url + "/healthz", timeout=1) as r:
-                        if r.status == 200:
-                            return self
-                except OSError:
-                    pass
+                if self.port is None:
+                    # the port of this very process: a server of another test run is never mistaken for it
+                    self.port = _port_from_log(self.log_path) or _port_from_proc(self.proc.pid)
+                if self.port is not None:
+                    if port is not None and self.port != port:
+                        self.stop()
+                        raise RuntimeError(f"server listens on {self.port}, not on the requested {port}: {self.log()}")
+                    try:
+                        with urllib.request.urlopen(self.url + "/healthz", timeout=10) as r:
+                            if r.status == 200:
+                                return self
+                    except OSError:
+                        pass
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"server not {'healthy' if self.port else 'listening'} within {timeout}s: {self.log()}")
                 time.sleep(0.05)
-            else:
-                self.stop()
-                raise RuntimeError(f"server not healthy within {timeout}s: {self.log()}")
         raise RuntimeError(last or "server failed to start")
 
     def log(self) -> str:

@@ -44,18 +44,34 @@ def main() -> int:
         server = Server().start()
         url = server.url
     os.environ["GRADSERVE_URL"] = url  # the kernel inherits it; the notebook's Client() reads it
-    os.environ.setdefault("MPLBACKEND", "module://matplotlib_inline.backend_inline")
+    # The figure check below needs the inline backend, whatever MPLBACKEND the machine sets (Agg is common
+    # on headless machines and would draw nothing into the notebook).
+    os.environ["MPLBACKEND"] = "module://matplotlib_inline.backend_inline"
     nb = nbformat.read(args.notebook, as_version=4)
     if any(c.get("outputs") for c in nb.cells if c.cell_type == "code"):
         print(f"{args.notebook}: committed with outputs; clear them (the repository keeps it output-free)", file=sys.stderr)
         return 1
+    from ipykernel.kernelspec import write_kernel_spec
+    from jupyter_client.kernelspec import KernelSpecManager
     from jupyter_client.manager import KernelManager
 
     # IPC sockets in a private directory: the kernel is local, and TCP without keys draws a warning.
     ipc_dir = tempfile.mkdtemp(prefix="gsnb-")
-    km = KernelManager(kernel_name="python3", transport="ipc", ip=str(Path(ipc_dir) / "kernel"))
+    # Nothing left on the machine may choose or shape the kernel: it runs this very interpreter (the venv
+    # with gradserve and torch) from a kernelspec written here, not whatever `python3` kernelspec a Jupyter
+    # directory holds, and with a fresh IPython directory (no profile or startup files from earlier use).
+    kernels = Path(ipc_dir) / "kernels"
+    write_kernel_spec(kernels / "gradserve-notebook")
+    os.environ["IPYTHONDIR"] = str(Path(ipc_dir) / "ipython")
+    km = KernelManager(
+        kernel_name="gradserve-notebook",
+        kernel_spec_manager=KernelSpecManager(kernel_dirs=[str(kernels)]),
+        transport="ipc",
+        ip=str(Path(ipc_dir) / "kernel"),
+    )
     client = NotebookClient(
-        nb, km=km, timeout=args.timeout, kernel_name="python3", resources={"metadata": {"path": str(Path(args.notebook).parent)}}
+        nb, km=km, timeout=args.timeout, kernel_name="gradserve-notebook",
+        resources={"metadata": {"path": str(Path(args.notebook).parent)}},
     )
     started = time.monotonic()
     status = 0

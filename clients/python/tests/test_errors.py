@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 
@@ -120,11 +121,19 @@ def test_413_body_too_large(start_server):
             c.register(export(big))
 
 
+# Seconds the blocking benchmark holds the only worker (the server's --benchmark-max-seconds). The checks
+# below need the worker still busy a moment after they saw it busy; a long hold keeps a descheduled test
+# process on a loaded machine from missing that moment.
+BLOCK_SECONDS = 5
+# Seconds to wait for the benchmark to occupy the worker: a bound for a hang, not a speed claim.
+WAIT_SECONDS = 60
+
+
 def _block(url: str, seconds: float) -> threading.Thread:
-    """Keeps the server's only worker busy with a benchmark of about `seconds`."""
+    """Keeps the server's only worker busy with a benchmark of about `seconds` (its --benchmark-max-seconds)."""
 
     def run():
-        with gradserve.Client(url, timeout=60) as c:
+        with gradserve.Client(url, timeout=120) as c:
             c.benchmark(workload="linear", in_features=512, out_features=512, batch=512, iterations=100000)
 
     th = threading.Thread(target=run, daemon=True)
@@ -134,7 +143,7 @@ def _block(url: str, seconds: float) -> threading.Thread:
 
 def _wait_busy(url: str) -> None:
     with gradserve.Client(url, retries=0) as c:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + WAIT_SECONDS
         while time.monotonic() < deadline:
             try:
                 c.health(ready=True)
@@ -145,31 +154,34 @@ def _wait_busy(url: str) -> None:
 
 
 def test_503_busy_then_retried(start_server):
-    s = start_server(["--workers", "1", "--max-queued", "0", "--benchmark-max-seconds", "1.5"])
-    th = _block(s.url, 1.5)
+    s = start_server(["--workers", "1", "--max-queued", "0", "--benchmark-max-seconds", str(BLOCK_SECONDS)])
+    th = _block(s.url, BLOCK_SECONDS)
     _wait_busy(s.url)
     with gradserve.Client(s.url, retries=0) as c, pytest.raises(gradserve.ServerBusy) as ei:
         c.forward(tiny(), [[1.0, 2.0]])
     assert ei.value.status == 503 and ei.value.retry_after == 1.0
-    # the default client waits Retry-After and tries again
-    with gradserve.Client(s.url, retries=5) as c:
+    # a client that retries waits Retry-After (1 s) and tries again, until the benchmark has let the worker
+    # go: enough retries to outlast it (BLOCK_SECONDS and some) even on a slow machine
+    with gradserve.Client(s.url, retries=12 * BLOCK_SECONDS) as c:
         assert c.forward(tiny(), [[1.0, 2.0]]).outputs.shape == (1, 2)
-    th.join(30)
+    th.join(120)
 
 
 def test_504_deadline(start_server):
-    s = start_server(["--workers", "1", "--max-queued", "4", "--deadline", "0.3", "--benchmark-max-seconds", "2"])
-    th = _block(s.url, 2)
+    """A request queued behind a benchmark that holds the only worker for BLOCK_SECONDS (far longer than
+    the 0.3 s deadline) is answered 504 at its deadline."""
+    s = start_server(["--workers", "1", "--max-queued", "4", "--deadline", "0.3", "--benchmark-max-seconds", str(BLOCK_SECONDS)])
+    th = _block(s.url, BLOCK_SECONDS)
     _wait_busy_pending(s.url)
     with gradserve.Client(s.url) as c, pytest.raises(gradserve.DeadlineExceeded) as ei:
         c.forward(tiny(), [[1.0, 2.0]])
     assert ei.value.status == 504 and isinstance(ei.value, TimeoutError)
-    th.join(30)
+    th.join(120)
 
 
 def _wait_busy_pending(url: str) -> None:
     with gradserve.Client(url) as c:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + WAIT_SECONDS
         while time.monotonic() < deadline:
             if c.health(ready=True).get("pending", 0) >= 1:
                 return
@@ -178,14 +190,17 @@ def _wait_busy_pending(url: str) -> None:
 
 
 def test_connection_failed():
-    from gs_server import free_port
-
-    with gradserve.Client(f"http://127.0.0.1:{free_port()}") as c:
-        with pytest.raises(gradserve.ConnectionFailed) as ei:
-            c.forward(tiny(), [[1.0, 2.0]])
-        assert ei.value.status is None and isinstance(ei.value, ConnectionError)
-        with pytest.raises(gradserve.ConnectionFailed):
-            c.health(wait=0.3)
+    # A port this test holds bound but not listening: connections to it are refused, and no other process
+    # can start listening on it meanwhile (a port merely found free could be taken before the test ran).
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as held:
+        held.bind(("127.0.0.1", 0))
+        port = held.getsockname()[1]
+        with gradserve.Client(f"http://127.0.0.1:{port}") as c:
+            with pytest.raises(gradserve.ConnectionFailed) as ei:
+                c.forward(tiny(), [[1.0, 2.0]])
+            assert ei.value.status is None and isinstance(ei.value, ConnectionError)
+            with pytest.raises(gradserve.ConnectionFailed):
+                c.health(wait=0.3)
 
 
 def test_other_answers_map_without_a_problem_document():

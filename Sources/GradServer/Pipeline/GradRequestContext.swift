@@ -1,0 +1,16 @@
+import Hummingbird
+import NIOCore
+
+/// The request context of every route: Hummingbird's core context plus the request's channel,
+/// through which the request pipeline talks to its ``ConnectionGuard`` (100-continue once
+/// admitted, cancellation when the client goes away).
+public struct GradRequestContext: RequestContext {
+    public var coreContext: CoreRequestContextStorage
+    /// The connection (nil where a test harness has none).
+    public let channel: (any Channel)?
+
+    public init(source: ApplicationRequestContextSource) {
+        coreContext = .init(source: source)
+        channel = source.channel
+    }
+}

@@ -1,0 +1,199 @@
+import GradCodec
+import GradCore
+import Hummingbird
+import NIOCore
+
+/// The one path of every route that computes or stores (`/v1/*` operations, `/v1/models`,
+/// `/v1/benchmark`, `/tesseract/{id}/*`, `/umbridge/{id}/*`):
+///
+/// 1. **admit** — a full compute queue, or a memory budget without room for the declared body,
+///    is answered 503 (`Retry-After`) before a byte of the body is read; a body larger than the
+///    limits is 413. Only then is `100 Continue` sent.
+/// 2. **read** the body under `--max-body-bytes` (the connection's guard enforces `--body-timeout`).
+/// 3. **parse, plan, compute, encode** on a compute thread, in the handler's closure: the plan
+///    (``Job/admit(_:path:inputElements:answerBytesPerNumber:)``) checks the request's output,
+///    memory and FLOPs against the per-request limits (422) and reserves its memory in the
+///    process budget (503 when it has no room now) before any large allocation. The computation
+///    obeys a cancellation token set at the deadline (504) and when the client goes away.
+///
+/// Handlers only declare their operation.
+struct RequestPipeline: Sendable {
+    let pool: ComputePool
+    let memory: MemoryBudget
+    let configuration: ServerConfiguration
+
+    /// Bytes a request holds besides its body and plan (headers, JSON values, bookkeeping).
+    static let baseline = 64 << 10
+
+    /// Runs `compute` for `request` through the pipeline; `extraSeconds` extends the deadline
+    /// (benchmarks run for a bounded time of their own).
+    func run<T: Sendable>(
+        _ request: Request, _ context: GradRequestContext, extraSeconds: Double = 0, _ compute: @escaping @Sendable (Job) throws -> T
+    ) async throws -> T {
+        let arrival = ContinuousClock.now
+        let deadline = configuration.deadline(from: arrival, extra: extraSeconds)
+        // 1. Admission, before reading.
+        guard pool.hasRoom else { throw pool.busy() }
+        let contentType = request.headers[.contentType]
+        let factor = Job.bodyFactor(contentType: contentType)
+        let maxBody = configuration.maxBodyBytes
+        let declared = request.headers[.contentLength].flatMap { Int($0) }
+        if let declared, declared > maxBody {
+            throw Problem(.contentTooLarge, title: "Body too large", detail: "the body declares \(declared) bytes; the limit is \(maxBody) (--max-body-bytes)")
+        }
+        let reservation = memory.reservation()
+        var handedOver = false
+        defer { if !handedOver { reservation.release() } }
+        if let declared { try reserve(reservation, body: Count(declared), factor: factor) }
+        // 2. The body.
+        context.channel?.triggerUserOutboundEvent(ConnectionGuard.ConnectionEvent.sendContinue, promise: nil)
+        let body = try await BodyReader.collect(request, limit: maxBody) { total in
+            if declared == nil { try reserve(reservation, body: Count(total), factor: factor) }
+        }
+        // 3. Compute.
+        let ticket = try pool.admit(reservation: reservation)
+        handedOver = true
+        let token = Cancellation()
+        context.channel?.triggerUserOutboundEvent(ConnectionGuard.ConnectionEvent.bind(token), promise: nil)
+        let job = Job(
+            body: body, contentType: contentType, configuration: configuration, reservation: reservation, budget: memory,
+            bodyReservation: Count(body.readableBytes) * factor + Self.baseline)
+        return try await pool.run(ticket, deadline: deadline, token: token) { queue in
+            job.queueSeconds = queue
+            return try compute(job)
+        }
+    }
+
+    /// Reserves room for a body of `body` bytes (and what parsing it may allocate).
+    private func reserve(_ reservation: MemoryBudget.Reservation, body: Count, factor: Int) throws {
+        let need = body * factor + Self.baseline
+        if need.value > configuration.maxRequestMemory {
+            throw Problem(
+                .contentTooLarge, title: "Body too large",
+                detail:
+                    "a \(body) byte body may take up to \(need.bytesDescription) once parsed, above the per-request limit of \(Count(configuration.maxRequestMemory).bytesDescription) (--max-request-memory); send tensors as base64 or safetensors, or split the batch"
+            )
+        }
+        guard reservation.grow(to: need) else { throw memoryBusy(need: need) }
+    }
+
+    private func memoryBusy(need: Count) -> Problem {
+        Problem(
+            .serviceUnavailable, title: "Server busy",
+            detail:
+                "requests in flight hold \(Count(memory.reservedBytes).bytesDescription) of the \(Count(memory.limit).bytesDescription) memory budget (--memory-limit); this one needs \(need.bytesDescription); retry shortly",
+            headers: [.retryAfter: "1"])
+    }
+}
+
+/// One admitted request on its compute thread: its body, and the plan check.
+final class Job: @unchecked Sendable {
+    let body: ByteBuffer
+    let contentType: String?
+    let configuration: ServerConfiguration
+    private let reservation: MemoryBudget.Reservation
+    private let budget: MemoryBudget
+    private let bodyReservation: Count
+    /// Seconds the job waited for a compute thread (set before it runs; read on the same thread).
+    var queueSeconds = 0.0
+
+    init(
+        body: ByteBuffer, contentType: String?, configuration: ServerConfiguration, reservation: MemoryBudget.Reservation, budget: MemoryBudget,
+        bodyReservation: Count
+    ) {
+        self.body = body
+        self.contentType = contentType
+        self.configuration = configuration
+        self.reservation = reservation
+        self.budget = budget
+        self.bodyReservation = bodyReservation
+    }
+
+    /// How many bytes a body may become once parsed, per byte: a JSON number takes at least 2
+    /// bytes (`0,`) and becomes an 8-byte double; a safetensors body is copied into its tensors.
+    static func bodyFactor(contentType: String?) -> Int {
+        let media = contentType?.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
+        return media == "application/octet-stream" ? 2 : 5
+    }
+
+    /// The parsed request document (JSON, or safetensors with its JSON part).
+    func document() throws -> RequestDocument { try RequestDocument.parse(body, contentType: contentType) }
+
+    /// Checks `plan` against the per-request limits and reserves its memory in the process
+    /// budget, before anything large is allocated.
+    ///
+    /// - Parameters:
+    ///   - path: the field that drives the size (named in a 422).
+    ///   - answerElements: the numbers the answer holds when the front end writes something else
+    ///     than the core's result (Tesseract's block-diagonal Jacobian); `extraBytes` what that takes.
+    ///   - inputElements: request tensors still to be decoded or cast into the model's dtype.
+    ///   - answerBytesPerNumber: the encoding's bytes per number (JSON text ~25, base64 ~11, binary 4 or 8).
+    /// - Throws: 422 (``GradError/outputTooLarge(path:elements:limit:)``,
+    ///   ``GradError/limitExceeded(path:limit:message:)``) or 503 when the budget has no room now.
+    func admit(
+        _ plan: ResourcePlan, path: String, answerElements: Count? = nil, extraBytes: Count = .zero, inputElements: Count = .zero,
+        answerBytesPerNumber: Int = 25
+    ) throws {
+        let c = configuration
+        let outputs = answerElements ?? plan.outputElements
+        if outputs.value > c.maxOutputElements {
+            throw GradError.outputTooLarge(path: path, elements: outputs.value, limit: c.maxOutputElements)
+        }
+        let gflop = plan.flops.double / 1e9
+        if gflop > c.maxRequestGFLOP {
+            throw GradError.limitExceeded(
+                path: path, limit: "--max-request-gflop",
+                message:
+                    "the computation needs \(Self.figure(gflop)) GFLOP, above this server's limit of \(Self.figure(c.maxRequestGFLOP)) GFLOP per request; split the batch"
+            )
+        }
+        // Written answers are built once and copied once into the response.
+        let answer = outputs * answerBytesPerNumber * 2
+        let working = plan.peakBytes + extraBytes + inputElements * 16 + answer
+        let peak = working + Count(body.readableBytes)
+        if peak.value > c.maxRequestMemory {
+            throw GradError.limitExceeded(
+                path: path, limit: "--max-request-memory",
+                message:
+                    "the computation would hold about \(peak.bytesDescription) at its peak (body, tensors, intermediates such as hidden layers of width \(Self.figure(Double(plan.widest))) and the answer), above this server's limit of \(Count(c.maxRequestMemory).bytesDescription) per request; split the batch"
+            )
+        }
+        let total = bodyReservation + working
+        guard reservation.grow(to: total) else {
+            throw Problem(
+                .serviceUnavailable, title: "Server busy",
+                detail:
+                    "requests in flight hold \(Count(budget.reservedBytes).bytesDescription) of the \(Count(budget.limit).bytesDescription) memory budget (--memory-limit); this one needs \(total.bytesDescription); retry shortly",
+                headers: [.retryAfter: "1"])
+        }
+    }
+
+    private static func figure(_ v: Double) -> String {
+        if !v.isFinite { return "more than 10^18" }
+        if v >= 100 { return "\(Int(v.rounded()))" }
+        return "\((v * 100).rounded() / 100)"
+    }
+}
+
+/// Reads a request body within the size limit: a declared length above it is refused at once,
+/// a chunked body as soon as it passes the limit. The buffer is sized from `Content-Length`, so
+/// a megabyte body is not copied again each time the buffer grows.
+enum BodyReader {
+    static func collect(_ request: Request, limit: Int, onGrow: (Int) throws -> Void = { _ in }) async throws -> ByteBuffer {
+        let declared = request.headers[.contentLength].flatMap { Int($0) }
+        if let declared, declared > limit {
+            throw Problem(.contentTooLarge, title: "Body too large", detail: "the body declares \(declared) bytes; the limit is \(limit) (--max-body-bytes)")
+        }
+        var buffer = ByteBufferAllocator().buffer(capacity: min(declared ?? 16_384, limit))
+        var total = 0
+        for try await fragment in request.body {
+            total += fragment.readableBytes
+            if total > limit {
+                throw Problem(.contentTooLarge, title: "Body too large", detail: "the body is larger than the limit of \(limit) bytes (--max-body-bytes)")
+            }
+            try onGrow(total)
+            buffer.writeImmutableBuffer(fragment)
+        }
+        return buffer
+    }
+}
