@@ -66,13 +66,15 @@ struct LimitsTests {
         #expect(m.plan(.jacobian(wrt: [.x], mode: .auto), batch: 5, d: 12).outputElements.value == j.outputs.count + j.x!.count)
         let v = try m.vjp(inputs, gradOutputs: Tensor(shape: [5, 12], scalars: [Double](repeating: 1, count: 60)), wrt: [.x, .params])
         let paramCount = v.params.reduce(0) { $0 + $1.grad.count }
-        #expect(m.plan(.vjp(k: 1, wrt: [.x, .params], returnOutputs: true), batch: 5, d: 12).outputElements.value == v.outputs!.count + v.x!.count + paramCount)
+        #expect(
+            m.plan(.vjp(k: 1, wrt: [.x, .params], returnOutputs: true), batch: 5, d: 12).outputElements.value == v.outputs!.count + v.x!.count + paramCount)
     }
 
     @Test("a cancelled computation stops with the reason, on every transform")
     func cancellation() throws {
         let m = ToyMLP.make(d: 16, width: 8, seed: 2, as: Float.self)
-        let inputs = Inputs(x: Tensor<Float>(shape: [4, 16], scalars: [Float](repeating: 0.5, count: 64)), t: m.hasT ? Tensor(shape: [4], scalars: [0.5, 0.5, 0.5, 0.5]) : nil)
+        let inputs = Inputs(
+            x: Tensor<Float>(shape: [4, 16], scalars: [Float](repeating: 0.5, count: 64)), t: m.hasT ? Tensor(shape: [4], scalars: [0.5, 0.5, 0.5, 0.5]) : nil)
         let late = Cancellation()
         late.cancel(.deadline)
         #expect(throws: GradError.deadlineExceeded) { try Cancellation.run(late) { try m.forward(inputs) } }
@@ -114,7 +116,8 @@ struct LimitsTests {
     @Test("a model with more layers than allowed is refused before its layers are decoded")
     func maxLayers() throws {
         let json = #"{"layers": [\#(Array(repeating: #"{"op": "tanh"}"#, count: 5).joined(separator: ","))]}"#
-        #expect(throws: GradError.limitExceeded(path: "model.layers", limit: "--max-layers", message: "the model has 5 layers; this server accepts at most 4")) {
+        #expect(throws: GradError.limitExceeded(path: "model.layers", limit: "--max-layers", message: "the model has 5 layers; this server accepts at most 4"))
+        {
             try ModelDecoder.decode(try JSONParser.parse(json), maxLayers: 4)
         }
         #expect(try ModelDecoder.decode(try JSONParser.parse(json), maxLayers: 5).layerCount == 5)

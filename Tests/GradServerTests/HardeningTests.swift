@@ -113,7 +113,8 @@ struct HardeningTests {
                 $0.maxRequestGFLOP = 1
             }, logger: quietLogger())
         try await app.test(.router) { client in
-            let w = #"{"shape": [512, 512], "dtype": "float32", "encoding": "base64", "data": "\#(Data(repeating: 0, count: 512 * 512 * 4).base64EncodedString())"}"#
+            let w =
+                #"{"shape": [512, 512], "dtype": "float32", "encoding": "base64", "data": "\#(Data(repeating: 0, count: 512 * 512 * 4).base64EncodedString())"}"#
             let chain = { (n: Int) in
                 #"{"layers": [\#(Array(repeating: #"{"op": "linear", "weight": "w"}"#, count: n).joined(separator: ","))], "weights": {"w": \#(w)}}"#
             }
