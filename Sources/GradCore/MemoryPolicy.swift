@@ -20,6 +20,16 @@ public enum MemoryPolicy {
 #endif
 
 extension MemoryPolicy {
+    /// One malloc arena for every thread, so that ``returnFreePages()`` can give everything back:
+    /// glibc's `malloc_trim` releases the free top of the main arena only, and the per-thread
+    /// arenas (compute workers, event loops) would keep their last large blocks resident forever.
+    /// Small allocations stay per thread (tcache); the large ones are few per request.
+    public static func singleArena() {
+        #if os(Linux)
+            _ = glibcMallopt(-8, 1)  // M_ARENA_MAX
+        #endif
+    }
+
     /// Returns freed heap pages to the kernel (`malloc_trim(0)`), so the resident size comes back
     /// down after a large request. Costs the next large request its warm pages; call when idle.
     public static func returnFreePages() {

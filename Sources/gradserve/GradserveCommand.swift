@@ -110,6 +110,7 @@ struct ServeCommand: AsyncParsableCommand {
 
     func run() async throws {
         MemoryPolicy.keepLargeBlocks()
+        MemoryPolicy.singleArena()
         var config = ServerConfiguration()
         config.host = host
         config.port = port
