@@ -3,7 +3,8 @@
 
 GRADSERVE_VENV="${GRADSERVE_VENV:-$HOME/.cache/gradserve/venv}"
 
-log() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+# Each step says how long the script has run so far (bash's SECONDS), so a slow step shows.
+log() { printf '\033[1m==> [%dm%02ds] %s\033[0m\n' $((SECONDS / 60)) $((SECONDS % 60)) "$*" >&2; }
 
 apt_install() {
     if [ "$(id -u)" != 0 ]; then SUDO=sudo; else SUDO=; fi

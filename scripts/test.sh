@@ -50,3 +50,4 @@ GRADSERVE_BIN="$BIN" GRADSERVE_VENV="$GRADSERVE_VENV" clients/python/run_tests.s
 
 log "7/7 Tesseract and UM-Bridge clients against the adapters"
 GRADSERVE_BIN="$BIN" GRADSERVE_VENV="$GRADSERVE_VENV" tests/adapters/run_tests.sh
+log "all 7 steps passed"
