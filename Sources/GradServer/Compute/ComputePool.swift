@@ -50,18 +50,12 @@ public final class ComputePool: Sendable {
     public final class Ticket: Sendable {
         private let pool: ComputePool
         private let released = Atomic(false)
-        /// Memory the job holds; given back with the place.
-        let reservation: MemoryBudget.Reservation?
 
-        fileprivate init(pool: ComputePool, reservation: MemoryBudget.Reservation?) {
-            self.pool = pool
-            self.reservation = reservation
-        }
+        fileprivate init(pool: ComputePool) { self.pool = pool }
 
-        /// Gives the place and the memory back (idempotent).
+        /// Gives the place back (idempotent).
         public func release() {
             guard !released.exchange(true, ordering: .acquiringAndReleasing) else { return }
-            reservation?.release()
             pool.pending.withLock { $0 -= 1 }
             pool.finished.add(1, ordering: .relaxed)
             pool.inFlightGauge?.set(Double(pool.pendingCount))
@@ -69,7 +63,7 @@ public final class ComputePool: Sendable {
     }
 
     /// Takes a place, or refuses with 503 and `Retry-After` when the pool is full.
-    public func admit(reservation: MemoryBudget.Reservation? = nil) throws -> Ticket {
+    public func admit() throws -> Ticket {
         let admitted = pending.withLock { n -> Bool in
             guard n < workers + maxQueued else { return false }
             n += 1
@@ -77,7 +71,7 @@ public final class ComputePool: Sendable {
         }
         guard admitted else { throw busy() }
         inFlightGauge?.set(Double(pendingCount))
-        return Ticket(pool: self, reservation: reservation)
+        return Ticket(pool: self)
     }
 
     /// The 503 of a full pool.
@@ -89,7 +83,8 @@ public final class ComputePool: Sendable {
 
     /// Runs `body` on a compute thread with `token` as its cancellation token, passing it the
     /// seconds it waited for the thread. The ticket is released when the job ends, whatever the
-    /// caller was answered.
+    /// caller was answered. (Its memory reservation lives as long as the job or the answer needs it:
+    /// see ``RequestPipeline``.)
     public func run<T: Sendable>(
         _ ticket: Ticket, deadline: ContinuousClock.Instant, token: Cancellation,
         _ body: @escaping @Sendable (_ queueSeconds: Double) throws -> T

@@ -20,7 +20,7 @@ struct ModelsController: Sendable {
     /// `__metadata__` holds `model` (the architecture as JSON, weights referenced by tensor name) and `name`.
     func register(_ request: Request, _ context: GradRequestContext) async throws -> Response {
         let registry = self.registry
-        let (entry, created) = try await pipeline.run(request, context) { job in
+        let ((entry, created), _) = try await pipeline.run(request, context) { job in
             let (modelValue, name, weights) = try Self.decodeRegistration(job.body, contentType: job.contentType)
             let model = try ModelDecoder.decode(modelValue, at: "model", binaryWeights: weights, maxLayers: job.configuration.maxLayers)
             return try registry.register(model, name: name)

@@ -27,9 +27,13 @@ struct RequestPipeline: Sendable {
 
     /// Runs `compute` for `request` through the pipeline; `extraSeconds` extends the deadline
     /// (benchmarks run for a bounded time of their own).
+    ///
+    /// Returns the result and the request's memory reservation: the caller's answer holds it
+    /// until it is written (``ResponseBody/holding(_:_:)``), so answers that clients are slow to
+    /// read still count against the budget. A job answered 504 holds it until it has stopped.
     func run<T: Sendable>(
         _ request: Request, _ context: GradRequestContext, extraSeconds: Double = 0, _ compute: @escaping @Sendable (Job) throws -> T
-    ) async throws -> T {
+    ) async throws -> (T, MemoryBudget.Reservation) {
         let arrival = ContinuousClock.now
         let deadline = configuration.deadline(from: arrival, extra: extraSeconds)
         // 1. Admission, before reading.
@@ -41,9 +45,8 @@ struct RequestPipeline: Sendable {
         if let declared, declared > maxBody {
             throw Problem(.contentTooLarge, title: "Body too large", detail: "the body declares \(declared) bytes; the limit is \(maxBody) (--max-body-bytes)")
         }
+        // Released when its last holder (this call, the job, the answer) lets go of it.
         let reservation = memory.reservation()
-        var handedOver = false
-        defer { if !handedOver { reservation.release() } }
         if let declared { try reserve(reservation, body: Count(declared), factor: factor) }
         // 2. The body.
         context.channel?.triggerUserOutboundEvent(ConnectionGuard.ConnectionEvent.sendContinue, promise: nil)
@@ -51,17 +54,17 @@ struct RequestPipeline: Sendable {
             if declared == nil { try reserve(reservation, body: Count(total), factor: factor) }
         }
         // 3. Compute.
-        let ticket = try pool.admit(reservation: reservation)
-        handedOver = true
+        let ticket = try pool.admit()
         let token = Cancellation()
         context.channel?.triggerUserOutboundEvent(ConnectionGuard.ConnectionEvent.bind(token), promise: nil)
         let job = Job(
             body: body, contentType: contentType, configuration: configuration, reservation: reservation, budget: memory,
             bodyReservation: Count(body.readableBytes) * factor + Self.baseline)
-        return try await pool.run(ticket, deadline: deadline, token: token) { queue in
+        let value = try await pool.run(ticket, deadline: deadline, token: token) { queue in
             job.queueSeconds = queue
             return try compute(job)
         }
+        return (value, reservation)
     }
 
     /// Reserves room for a body of `body` bytes (and what parsing it may allocate).
@@ -172,6 +175,18 @@ final class Job: @unchecked Sendable {
         if !v.isFinite { return "more than 10^18" }
         if v >= 100 { return "\(Int(v.rounded()))" }
         return "\((v * 100).rounded() / 100)"
+    }
+}
+
+extension ResponseBody {
+    /// `buffer` as the body, holding `reservation` until it has been handed to the connection
+    /// (a client that does not read keeps it, until `--write-timeout` closes the connection).
+    static func holding(_ buffer: ByteBuffer, _ reservation: MemoryBudget.Reservation) -> ResponseBody {
+        ResponseBody(contentLength: buffer.readableBytes) { writer in
+            defer { reservation.release() }
+            try await writer.write(buffer)
+            try await writer.finish(nil)
+        }
     }
 }
 
