@@ -35,6 +35,11 @@ from pathlib import Path
 
 import pytest
 
+# One port reader for every suite (tests/python/gs_ports.py, standard library only).
+sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "python"))
+from gs_ports import port_from_log, port_from_proc  # noqa: E402
+
+
 try:
     import numpy as np
     import requests
@@ -117,45 +122,6 @@ def private_copy() -> tuple[Path, Path]:
 
 
 START_TIMEOUT = 60.0  # seconds for the server to listen and answer /healthz (a loaded 2-core machine is slow)
-_LISTENING = re.compile(rb"listening on \S+:(\d+)")
-
-
-def _port_from_log(log_path: Path) -> int | None:
-    """The port of the start-up line (Hummingbird: "Server started and listening on 127.0.0.1:41234")."""
-    try:
-        m = _LISTENING.search(log_path.read_bytes())
-    except OSError:
-        return None
-    return int(m.group(1)) if m else None
-
-
-def _port_from_proc(pid: int) -> int | None:
-    """The one TCP port process `pid` listens on, from /proc (Linux), or None."""
-    try:
-        inodes = set()
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[len("socket:[") : -1])
-        ports = set()
-        for table in ("tcp", "tcp6"):
-            try:
-                with open(f"/proc/{pid}/net/{table}") as f:
-                    rows = f.read().splitlines()[1:]
-            except OSError:
-                continue
-            for row in rows:
-                cols = row.split()  # local_address "ADDR:PORT" in hex, state 0A = LISTEN, column 9 = inode
-                if len(cols) > 9 and cols[3] == "0A" and cols[9] in inodes:
-                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
-    except OSError:
-        return None
-    return ports.pop() if len(ports) == 1 else None
-
-
 @dataclass
 class Server:
     url: str
@@ -188,7 +154,7 @@ def start_server(binary: Path, data_dir: Path, timeout: float = START_TIMEOUT) -
         if proc.poll() is not None:
             raise RuntimeError(f"server exited with {proc.returncode}: {s.log()}")
         if port is None:
-            port = _port_from_log(log_path) or _port_from_proc(proc.pid)
+            port = port_from_log(log_path) or port_from_proc(proc.pid)
             if port:
                 s.url = f"http://127.0.0.1:{port}"
         if port is not None:

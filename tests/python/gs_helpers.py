@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 import requests
 
+from gs_ports import port_from_log, port_from_proc
+
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_BIN = REPO / ".build" / "release" / "gradserve"
 
@@ -66,53 +68,13 @@ class ServerExited(RuntimeError):
     """The server process ended while it was being started."""
 
 
-_LISTENING = re.compile(rb"listening on \S+:(\d+)")
-
-
-def _port_from_log(log_path: Path | None) -> int | None:
-    """The port in the server's start-up line (Hummingbird: "Server started and listening on 127.0.0.1:41234")."""
-    try:
-        m = _LISTENING.search(log_path.read_bytes()) if log_path else None
-    except OSError:
-        return None
-    return int(m.group(1)) if m else None
-
-
-def _port_from_proc(pid: int) -> int | None:
-    """The one TCP port process `pid` listens on, from /proc (Linux), or None."""
-    try:
-        inodes = set()
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[len("socket:[") : -1])
-        ports = set()
-        for table in ("tcp", "tcp6"):
-            try:
-                with open(f"/proc/{pid}/net/{table}") as f:
-                    rows = f.read().splitlines()[1:]
-            except OSError:
-                continue
-            for row in rows:
-                cols = row.split()
-                # local_address is hex "ADDR:PORT"; state 0A is LISTEN; column 9 is the socket's inode
-                if len(cols) > 9 and cols[3] == "0A" and cols[9] in inodes:
-                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
-    except OSError:
-        return None
-    return ports.pop() if len(ports) == 1 else None
-
-
 def listening_port(proc: subprocess.Popen, log_path: Path | None, timeout: float = START_TIMEOUT) -> int:
     """The port server process `proc` (started with --port 0, or a given port) has bound: from its start-up
     log line, else from /proc. Being the port of this very process, a server that another test run
     started meanwhile can never be mistaken for it. Raises if the process exits or binds nothing in time."""
     deadline = time.monotonic() + timeout
     while True:
-        port = _port_from_log(log_path) or _port_from_proc(proc.pid)
+        port = port_from_log(log_path) or port_from_proc(proc.pid)
         if port:
             return port
         if proc.poll() is not None:

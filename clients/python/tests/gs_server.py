@@ -11,11 +11,17 @@ import os
 import re
 import shutil
 import signal
+import sys
 import subprocess
 import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+# One port reader for every suite (tests/python/gs_ports.py, standard library only).
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "tests" / "python"))
+from gs_ports import port_from_log, port_from_proc  # noqa: E402
+
 
 REPO = Path(__file__).resolve().parents[3]
 DEFAULT_BIN = REPO / ".build" / "release" / "gradserve"
@@ -61,45 +67,6 @@ def server_binary() -> Path:
 
 
 START_TIMEOUT = 60.0  # seconds for a server to listen and answer /healthz (a loaded 2-core machine is slow)
-_LISTENING = re.compile(rb"listening on \S+:(\d+)")
-
-
-def _port_from_log(log_path: Path | None) -> int | None:
-    """The port of the start-up line (Hummingbird: "Server started and listening on 127.0.0.1:41234")."""
-    try:
-        m = _LISTENING.search(log_path.read_bytes()) if log_path else None
-    except OSError:
-        return None
-    return int(m.group(1)) if m else None
-
-
-def _port_from_proc(pid: int) -> int | None:
-    """The one TCP port process `pid` listens on, from /proc (Linux), or None."""
-    try:
-        inodes = set()
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if target.startswith("socket:["):
-                inodes.add(target[len("socket:[") : -1])
-        ports = set()
-        for table in ("tcp", "tcp6"):
-            try:
-                with open(f"/proc/{pid}/net/{table}") as f:
-                    rows = f.read().splitlines()[1:]
-            except OSError:
-                continue
-            for row in rows:
-                cols = row.split()  # local_address "ADDR:PORT" in hex, state 0A = LISTEN, column 9 = inode
-                if len(cols) > 9 and cols[3] == "0A" and cols[9] in inodes:
-                    ports.add(int(cols[1].rsplit(":", 1)[1], 16))
-    except OSError:
-        return None
-    return ports.pop() if len(ports) == 1 else None
-
-
 class Server:
     """One `gradserve serve` with its own data directory, on a port the kernel picks when the server binds
     it (--port 0; read back from the process itself), or on a given port (a restart keeps its URL)."""
@@ -149,7 +116,7 @@ class Server:
                     break
                 if self.port is None:
                     # the port of this very process: a server of another test run is never mistaken for it
-                    self.port = _port_from_log(self.log_path) or _port_from_proc(self.proc.pid)
+                    self.port = port_from_log(self.log_path) or port_from_proc(self.proc.pid)
                 if self.port is not None:
                     if port is not None and self.port != port:
                         self.stop()
