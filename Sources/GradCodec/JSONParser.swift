@@ -18,11 +18,23 @@ public struct JSONParseError: Error, Sendable, Equatable, CustomStringConvertibl
 /// Hand-written because Foundation's `JSONDecoder` is ~25× slower on 10⁶ floats (it boxes every
 /// number). Strict RFC 8259: `NaN`, `Infinity`, trailing commas, comments and duplicate keys are
 /// errors. Numbers are correctly rounded (Clinger's fast path, `strtod` otherwise).
+///
+/// Bounded in what it allocates: a number in a numeric array becomes 8 bytes (at least 2 in the
+/// text), and every other value (an object, a string, `[]`, `null`…) costs a boxed node of some
+/// 50-90 bytes, so at most ``maxNodes(forBytes:)`` of them are accepted — a body of `[{},{},…]`
+/// cannot turn 256 MB into gigabytes. Together: a document never takes more than about 5× its
+/// size plus ~1.5 MB once parsed, which the server reserves before reading a body.
 public struct JSONParser {
     private let bytes: UnsafeRawBufferPointer
     private var pos = 0
     private var depth = 0
     private let maxDepth = 256
+    private var nodes = 0
+    private let maxNodes: Int
+
+    /// Values outside numeric arrays a document of `count` bytes may hold: a fixed allowance for
+    /// small documents (a safetensors header of some 2700 tensors) plus one per 16 bytes.
+    public static func maxNodes(forBytes count: Int) -> Int { 16_384 + count / 16 }
 
     /// Parses one JSON document from `bytes`.
     public static func parse(_ bytes: UnsafeRawBufferPointer) throws(JSONParseError) -> JSONValue {
@@ -48,7 +60,10 @@ public struct JSONParser {
     /// Parses one JSON document from a string.
     public static func parse(_ text: String) throws(JSONParseError) -> JSONValue { try parse(Array(text.utf8)) }
 
-    private init(bytes: UnsafeRawBufferPointer) { self.bytes = bytes }
+    private init(bytes: UnsafeRawBufferPointer) {
+        self.bytes = bytes
+        maxNodes = Self.maxNodes(forBytes: bytes.count)
+    }
 
     private func error(_ message: String) -> JSONParseError { JSONParseError(offset: pos, message: message) }
 
@@ -63,6 +78,10 @@ public struct JSONParser {
 
     private mutating func parseValue() throws(JSONParseError) -> JSONValue {
         guard let c = current else { throw error("unexpected end of input") }
+        nodes += 1
+        if nodes > maxNodes {
+            throw error("more than \(maxNodes) values outside arrays of numbers in a \(bytes.count)-byte document; tensors are sent as arrays of numbers")
+        }
         switch c {
         case UInt8(ascii: "{"): return try parseObject()
         case UInt8(ascii: "["):

@@ -131,3 +131,20 @@ struct TensorFormTests {
         }
     }
 }
+
+@Suite("JSON parser bounds")
+struct JSONParserBoundsTests {
+    @Test("a document of tiny values is refused before it outgrows its text many times over")
+    func nodeBudget() throws {
+        let small = "[" + Array(repeating: "{}", count: 1000).joined(separator: ",") + "]"
+        #expect(throws: Never.self) { _ = try JSONParser.parse(small) }
+        // 3 bytes per node is far denser than one node per 16 bytes: past the fixed allowance, refused.
+        let n = 2 * JSONParser.maxNodes(forBytes: 0)
+        let dense = "[" + Array(repeating: "{}", count: n).joined(separator: ",") + "]"
+        #expect(throws: JSONParseError.self) { _ = try JSONParser.parse(dense) }
+        // Numbers in numeric arrays are not nodes: a million of them parse.
+        let numbers = "[" + Array(repeating: "0", count: 1_000_000).joined(separator: ",") + "]"
+        guard case .numbers(let shape, _) = try JSONParser.parse(numbers) else { Issue.record("not numeric"); return }
+        #expect(shape == [1_000_000])
+    }
+}

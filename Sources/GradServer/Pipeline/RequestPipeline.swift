@@ -22,8 +22,9 @@ struct RequestPipeline: Sendable {
     let memory: MemoryBudget
     let configuration: ServerConfiguration
 
-    /// Bytes a request holds besides its body and plan (headers, JSON values, bookkeeping).
-    static let baseline = 64 << 10
+    /// Bytes a request holds besides its body and plan (headers, bookkeeping, and the parser's
+    /// fixed allowance of JSON nodes: ``JSONParser/maxNodes(forBytes:)``).
+    static let baseline = 2 << 20
 
     /// Runs `compute` for `request` through the pipeline; `extraSeconds` extends the deadline
     /// (benchmarks run for a bounded time of their own).
