@@ -83,11 +83,12 @@ struct LimitsTests {
         gone.cancel(.deadline)  // the first reason wins
         #expect(throws: GradError.cancelled) { try Cancellation.run(gone) { try m.jacobian(inputs) } }
         #expect(throws: GradError.cancelled) { try Cancellation.run(gone) { try m.divergence(inputs, method: .hutchinson(probes: 4, seed: 1)) } }
-        // Row chunks on other threads obey the caller's token.
-        let saved = Parallel.threads
-        Parallel.threads = 2
-        defer { Parallel.threads = saved }
-        #expect(throws: GradError.cancelled) { try Cancellation.run(gone) { try m.forward(inputs) } }
+        // Row chunks on other threads obey the caller's token (without touching the global thread setting).
+        #expect(throws: GradError.cancelled) {
+            try Cancellation.run(gone) { () throws(GradError) in
+                _ = try Parallel.map([0..<1, 1..<2, 2..<3]) { (_) throws(GradError) in try Cancellation.checkpoint() }
+            }
+        }
         // Without a token, or with one not cancelled, nothing changes.
         let live = Cancellation()
         #expect(try Cancellation.run(live) { try m.forward(inputs) } == (try m.forward(inputs)))
