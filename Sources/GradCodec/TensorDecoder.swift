@@ -40,7 +40,7 @@ public enum TensorDecoder {
                 throw .invalid("\(path).shape", obj["shape"] == nil ? "required" : "expected an array of integers")
             }
             if let bad = v.firstIndex(where: { $0 < 0 || $0 != $0.rounded() || $0 > Double(maxElements) }) {
-                throw .invalid("\(path).shape[\(bad)]", "expected a non-negative integer extent, got \(v[bad])")
+                throw .invalid("\(path).shape[\(bad)]", extentMessage(v[bad]))
             }
             let shape = v.map { Int($0) }
             try checkShape(shape, at: "\(path).shape")
@@ -63,7 +63,7 @@ public enum TensorDecoder {
         switch shapeValue {
         case .numbers(let s, let v) where s.count == 1:
             if let bad = v.firstIndex(where: { $0 < 0 || $0 != $0.rounded() || $0 > Double(maxElements) }) {
-                issues.append(FieldIssue(path: "\(path).shape[\(bad)]", message: "expected a non-negative integer extent, got \(v[bad])"))
+                issues.append(FieldIssue(path: "\(path).shape[\(bad)]", message: extentMessage(v[bad])))
                 throw .invalid(issues)
             }
             shape = v.map { Int($0) }
@@ -139,6 +139,14 @@ public enum TensorDecoder {
         default:
             throw .invalid("\(path).encoding", "unsupported")
         }
+    }
+
+    /// Why a shape extent is refused: not a non-negative integer, or above any tensor's size.
+    static func extentMessage(_ v: Double) -> String {
+        if v >= 0, v == v.rounded(), v.isFinite {
+            return "extent \(v >= 9e15 ? "\(v)" : "\(Int(v))") is above the largest tensor this server reads (\(maxElements) elements)"
+        }
+        return "expected a non-negative integer extent, got \(v)"
     }
 
     /// Little-endian bytes to a typed tensor, refusing NaN and infinities.

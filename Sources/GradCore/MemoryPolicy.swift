@@ -23,7 +23,8 @@ extension MemoryPolicy {
     /// One malloc arena for every thread, so that ``returnFreePages()`` can give everything back:
     /// glibc's `malloc_trim` releases the free top of the main arena only, and the per-thread
     /// arenas (compute workers, event loops) would keep their last large blocks resident forever.
-    /// Small allocations stay per thread (tcache); the large ones are few per request.
+    /// Small allocations stay per thread (tcache); the large ones are few per request. Call it
+    /// before a second thread allocates: glibc fixes its arena limit when it first creates one.
     public static func singleArena() {
         #if os(Linux)
             _ = glibcMallopt(-8, 1)  // M_ARENA_MAX

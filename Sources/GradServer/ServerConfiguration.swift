@@ -27,7 +27,8 @@ public struct ServerConfiguration: Sendable {
     /// Bearer token required on `/v1/*` when set.
     public var apiKey: String?
     /// Bytes one request may hold at its peak (body, tensors, intermediates, answer); 422 above.
-    public var maxRequestMemory = 1 << 30
+    /// By default 1 GiB, or the whole memory budget when that is smaller.
+    public var maxRequestMemory = min(1 << 30, MemoryBudget.defaultLimit())
     /// GFLOP one request may compute; 422 above.
     public var maxRequestGFLOP = 1000.0
     /// Layers a posted model may have; 422 above.

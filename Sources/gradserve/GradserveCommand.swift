@@ -9,6 +9,9 @@ import Prometheus
 @main
 struct GradserveCommand: AsyncParsableCommand {
     static func main() async {
+        // Before any other thread allocates: glibc fixes its arena count when a second arena is
+        // first needed, so a later M_ARENA_MAX is ignored (see MemoryPolicy.singleArena).
+        if CommandLine.arguments.dropFirst().first == "serve" { MemoryPolicy.singleArena() }
         if BuildInfo.requiresAVX2, !BuildInfo.cpuHasAVX2 {
             FileHandle.standardError.write(Data("gradserve: this build uses AVX2/FMA, which this CPU lacks; rebuild with GRADSERVE_PORTABLE=1\n".utf8))
             Foundation.exit(1)
@@ -40,8 +43,10 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Bearer token required on /v1/* (default: $GRADSERVE_API_KEY; none when unset).") var apiKey: String?
     @Option(help: "Largest request body in bytes (K, M, G suffixes: KiB, MiB, GiB).", transform: ByteSize.parse) var maxBodyBytes = 256 << 20
     @Option(help: "Largest answer in numbers (refused with 422 before computing).") var maxOutputElements = 1 << 24
-    @Option(help: "Bytes one request may hold at its peak: body, tensors, hidden layers, answer (422 above).", transform: ByteSize.parse)
-    var maxRequestMemory = 1 << 30
+    @Option(
+        help: "Bytes one request may hold at its peak: body, tensors, hidden layers, answer (422 above; default 1G, or --memory-limit when smaller).",
+        transform: ByteSize.parse)
+    var maxRequestMemory: Int?
     @Option(help: "GFLOP one request may compute (422 above).") var maxRequestGflop = 1000.0
     @Option(help: "Layers a posted model may have (422 above).") var maxLayers = 1024
     @Option(help: "Bytes all requests together may hold; what does not fit gets 503 (default: 80% of the cgroup limit or of RAM).", transform: ByteSize.parse)
@@ -76,14 +81,14 @@ struct ServeCommand: AsyncParsableCommand {
         try count("port", port, 0...65535)
         try count("max-body-bytes", maxBodyBytes, 1...(16 << 30))
         try count("max-output-elements", maxOutputElements, 1...(1 << 36))
-        try count("max-request-memory", maxRequestMemory, (1 << 20)...(1 << 50))
+        if let maxRequestMemory { try count("max-request-memory", maxRequestMemory, (1 << 20)...(1 << 50)) }
         guard maxRequestGflop.isFinite, maxRequestGflop > 0, maxRequestGflop <= 1e9 else {
             throw ValidationError("--max-request-gflop must be a positive number up to 1e9, got \(maxRequestGflop)")
         }
         try count("max-layers", maxLayers, 1...1_000_000)
         if let memoryLimit {
             try count("memory-limit", memoryLimit, (16 << 20)...(1 << 50))
-            guard maxRequestMemory <= memoryLimit else {
+            if let maxRequestMemory, maxRequestMemory > memoryLimit {
                 throw ValidationError("--max-request-memory (\(maxRequestMemory)) must not exceed --memory-limit (\(memoryLimit))")
             }
         }
@@ -110,7 +115,6 @@ struct ServeCommand: AsyncParsableCommand {
 
     func run() async throws {
         MemoryPolicy.keepLargeBlocks()
-        MemoryPolicy.singleArena()
         var config = ServerConfiguration()
         config.host = host
         config.port = port
@@ -118,10 +122,10 @@ struct ServeCommand: AsyncParsableCommand {
         config.apiKey = apiKey ?? ProcessInfo.processInfo.environment["GRADSERVE_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
         config.maxBodyBytes = maxBodyBytes
         config.maxOutputElements = maxOutputElements
-        config.maxRequestMemory = maxRequestMemory
         config.maxRequestGFLOP = maxRequestGflop
         config.maxLayers = maxLayers
         if let memoryLimit { config.memoryLimit = memoryLimit }
+        config.maxRequestMemory = maxRequestMemory ?? min(1 << 30, config.memoryLimit)
         if config.maxRequestMemory > config.memoryLimit {
             throw ValidationError(
                 "--max-request-memory (\(config.maxRequestMemory) bytes) is above the memory budget (\(config.memoryLimit) bytes, 80% of this machine's limit); lower it or set --memory-limit"

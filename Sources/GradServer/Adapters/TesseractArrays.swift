@@ -43,8 +43,11 @@ enum TesseractArrays {
         case .object(let o):
             guard case .numbers(let s, let dims)? = o["shape"] ?? .numbers(shape: [0], values: []), s.count == 1,
                 let shape = Optional(dims.compactMap { Int(exactly: $0) }), shape.count == dims.count, shape.allSatisfy({ $0 >= 0 }),
-                let count = Shape.elementCount(shape), count <= TensorDecoder.maxElements
+                Shape.elementCount(shape) != nil
             else { throw .invalid("\(path).shape", "expected a list of non-negative integers") }
+            guard let count = Shape.elementCount(shape), count <= TensorDecoder.maxElements else {
+                throw .invalid("\(path).shape", "\(Shape.describe(shape)) holds more than the \(TensorDecoder.maxElements) elements this server reads")
+            }
             return shape
         default:
             throw .invalid(path, "expected an array (encoded dict or nested list), got \(value.typeName)")

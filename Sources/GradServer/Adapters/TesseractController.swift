@@ -383,6 +383,11 @@ struct TesseractEndpoints {
             case .numbers(let s, let dims)? = x["shape"], s == [2], let b = Int(exactly: dims[0]), let d = Int(exactly: dims[1]), b >= 0, d >= 1
         else { throw GradError.invalid("inputs.x.shape", "expected [B, D]") }
         if let width = model.inputWidth, width != d { throw GradError.invalid("inputs.x.shape", "expected D = \(width), got \(d)") }
+        // The same bounds as apply: a batch it would refuse is refused here too.
+        try model.checkBatchShape(batch: b, d: d)
+        guard (Count(b) * d).value <= TensorDecoder.maxElements else {
+            throw GradError.invalid("inputs.x.shape", "\(Shape.describe([b, d])) holds more than the \(TensorDecoder.maxElements) elements this server reads")
+        }
         w.beginObject()
         w.key("y")
         w.beginObject()
@@ -432,7 +437,9 @@ struct TesseractErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             switch error {
             case .invalid(let list): issues = list
             case .outputTooLarge(let path, let elements, let limit):
-                issues = [FieldIssue(path: path, message: "the answer would hold \(elements) numbers, above the server's limit of \(limit)")]
+                issues = [
+                    FieldIssue(path: path, message: "the answer would hold \(elements) numbers, above the server's limit of \(limit) (--max-output-elements)")
+                ]
             case .limitExceeded(let path, let limit, let message):
                 issues = [FieldIssue(path: TesseractEndpoints.tesseractPath(path), message: "\(message) (\(limit))")]
             case .deadlineExceeded, .cancelled: throw error

@@ -173,7 +173,7 @@ struct UMBridgeEndpoints {
         func int(_ key: String) throws -> Int? {
             guard let v = config[key] else { return nil }
             guard case .number(let n) = v, let i = Int(exactly: n), i >= 1, i <= 1 << 20 else {
-                throw UMBridgeError(type: "InvalidInput", message: "config.\(key) must be a positive integer")
+                throw UMBridgeError(type: "InvalidInput", message: "config.\(key) must be an integer in 1...\(1 << 20)")
             }
             return i
         }

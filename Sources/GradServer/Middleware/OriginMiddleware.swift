@@ -9,6 +9,8 @@ import Hummingbird
 /// - With `--allowed-hosts`, a `Host` outside the list gets 403 (DNS rebinding: a foreign name
 ///   resolving to 127.0.0.1 makes the browser treat the server as same-origin).
 ///
+/// `/healthz`, `/readyz` and `/metrics` are exempt (read-only; Kubernetes probes by pod IP).
+///
 /// Allowed origins get CORS answers (preflights included) from Hummingbird's `CORSMiddleware`.
 struct OriginMiddleware<Context: RequestContext>: RouterMiddleware {
     let allowedOrigins: Set<String>
@@ -19,7 +21,11 @@ struct OriginMiddleware<Context: RequestContext>: RouterMiddleware {
         self.allowedHosts = Set(allowedHosts.map { $0.lowercased() })
     }
 
+    /// Read-only probes stay open to every origin and host: orchestrators probe by IP address.
+    static var probes: Set<String> { ["/healthz", "/readyz", "/metrics"] }
+
     func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        if Self.probes.contains(request.uri.path) { return try await next(request, context) }
         if !allowedHosts.isEmpty {
             let host = Self.hostName(request.head.authority ?? "")
             guard allowedHosts.contains(host) else {

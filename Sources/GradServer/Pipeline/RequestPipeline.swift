@@ -202,13 +202,23 @@ enum BodyReader {
         }
         var buffer = ByteBufferAllocator().buffer(capacity: min(declared ?? 16_384, limit))
         var total = 0
-        for try await fragment in request.body {
-            total += fragment.readableBytes
-            if total > limit {
-                throw Problem(.contentTooLarge, title: "Body too large", detail: "the body is larger than the limit of \(limit) bytes (--max-body-bytes)")
+        do {
+            for try await fragment in request.body {
+                total += fragment.readableBytes
+                if total > limit {
+                    throw Problem(.contentTooLarge, title: "Body too large", detail: "the body is larger than the limit of \(limit) bytes (--max-body-bytes)")
+                }
+                try onGrow(total)
+                buffer.writeImmutableBuffer(fragment)
             }
-            try onGrow(total)
-            buffer.writeImmutableBuffer(fragment)
+        } catch let problem as Problem {
+            throw problem
+        } catch {
+            // The body's framing is broken (a bad chunk size, a body shorter than its
+            // Content-Length, the client gone mid-upload): the client's fault, never a 500.
+            throw Problem(
+                .badRequest, title: "Malformed body", detail: "the request body could not be read after \(total) bytes: \(error)",
+                headers: [.connection: "close"])
         }
         return buffer
     }
