@@ -52,7 +52,7 @@ struct TesseractController: Sendable {
                 .notAcceptable, title: "Not acceptable",
                 detail: "available formats: application/json, application/json+base64 (uncompressed, gpu_transport=none)")
         }
-        let ((bytes, timing), held) = try await pipeline.run(request, context) { job -> ([UInt8], String) in
+        let ((bytes, timing), _) = try await pipeline.run(request, context) { job -> ([UInt8], String) in
             let clock = ContinuousClock()
             let t0 = clock.now
             let doc = try job.body.withUnsafeReadableBytes { try JSONParser.parse($0) }
@@ -68,7 +68,7 @@ struct TesseractController: Sendable {
         var headers = HTTPFields()
         headers[.contentType] = format == .json ? "application/json" : "application/json+base64"
         headers[.serverTiming] = timing
-        return Response(status: .ok, headers: headers, body: .holding(ByteBuffer(bytes: bytes), held))
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
     }
 
     /// What the SDK and tesseract-jax read: relative `paths`, the supported formats, and the

@@ -44,14 +44,14 @@ struct UMBridgeController: Sendable {
 
     func handle(_ route: String, _ request: Request, _ context: Context) async throws -> Response {
         let model = try model(context)
-        let (bytes, held) = try await pipeline.run(request, context) { job -> [UInt8] in
+        let (bytes, _) = try await pipeline.run(request, context) { job -> [UInt8] in
             let value = try job.body.withUnsafeReadableBytes { try JSONParser.parse($0) }
             guard case .object(let root) = value else { throw UMBridgeError(type: "InvalidInput", message: "the body must be a JSON object") }
             var w = JSONWriter()
             try UMBridgeEndpoints(model: model, root: root, job: job).run(route, into: &w)
             return w.takeBytes()
         }
-        return Response(status: .ok, headers: [.contentType: "application/json"], body: .holding(ByteBuffer(bytes: bytes), held))
+        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
     }
 }
 

@@ -18,7 +18,7 @@ struct ComputeController: Sendable {
 
     func handle(_ op: Operation, _ request: Request, _ context: GradRequestContext) async throws -> Response {
         let runner = self.runner
-        let ((bytes, type, serverTiming), held) = try await pipeline.run(request, context) { job in
+        let ((bytes, type, serverTiming), _) = try await pipeline.run(request, context) { job in
             let clock = ContinuousClock()
             let t0 = clock.now
             let doc = try job.document()
@@ -40,6 +40,6 @@ struct ComputeController: Sendable {
         var headers = HTTPFields()
         headers[.contentType] = type
         headers[.serverTiming] = serverTiming
-        return Response(status: .ok, headers: headers, body: .holding(bytes, held))
+        return Response(status: .ok, headers: headers, body: .init(byteBuffer: bytes))
     }
 }

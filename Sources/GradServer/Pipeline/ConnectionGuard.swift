@@ -16,6 +16,8 @@ import Synchronization
 ///   after its head is answered 408 (or, once an answer has started, cut) and the connection closed.
 /// - **Write deadline** (`--write-timeout`): an answer the client does not read within that time
 ///   closes the connection.
+/// - **Answers hold their memory** (``ConnectionEvent/hold(_:)``) until written to the socket, so
+///   clients that do not read cannot take the process past its memory budget.
 /// - **Client gone**: when the connection closes (or the client half-closes) while a computation
 ///   is bound to it (``ConnectionEvent/bind(_:)``), its cancellation token is set, so the
 ///   computation stops at its next checkpoint.
@@ -31,6 +33,9 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         case sendContinue
         /// The computation for the current request; cancelled if the client goes away.
         case bind(Cancellation)
+        /// The request's memory, held until its answer has been written to the socket (not just
+        /// queued: a 45 MB answer to a client that does not read sits in the channel's buffer).
+        case hold(MemoryBudget.Reservation)
     }
 
     /// Connections open now, shared by every guard of one server.
@@ -61,6 +66,10 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private var bodyTimer: Scheduled<Void>?
     private var writeTimer: Scheduled<Void>?
     private var token: Cancellation?
+    private var held: MemoryBudget.Reservation?
+    private var draining: MemoryBudget.Reservation?
+    private var awaitingDrain = false
+    private var closeWhenDrained = false
     private var gone = false
 
     init(counter: Counter, bodyTimeout: Duration, writeTimeout: Duration) {
@@ -91,6 +100,10 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelInactive(context: ChannelHandlerContext) {
         clientGone()
+        held?.release()
+        held = nil
+        draining?.release()
+        draining = nil
         bodyTimer?.cancel()
         writeTimer?.cancel()
         if counted {
@@ -175,6 +188,13 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         case .bind(let t):
             token = t
             if gone || !context.channel.isActive { t.cancel(.clientGone) }
+        case .hold(let reservation):
+            held?.release()
+            held = reservation
+            if !context.channel.isActive {
+                reservation.release()
+                held = nil
+            }
         }
         promise?.succeed(())
     }
@@ -201,18 +221,46 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         case .end:
             token = nil
             let written = promise ?? context.eventLoop.makePromise()
+            // The answer counts as written once its bytes have left the channel's buffer: the
+            // write promise alone is not enough (an empty end part completes before the body
+            // queued ahead of it has drained), so wait for the channel to be writable again.
+            draining = held
+            held = nil
+            awaitingDrain = true
             writeTimer?.cancel()
-            let timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: writeTimeout) {
-                context.close(promise: nil)
+            writeTimer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: writeTimeout) { [self] in
+                writeTimer = nil
+                if awaitingDrain { context.close(promise: nil) }
             }
-            writeTimer = timer
-            written.futureResult.whenComplete { _ in timer.cancel() }
+            closeWhenDrained = closeAfterResponse
             if closeAfterResponse {
                 context.writeAndFlush(data, promise: written)
-                written.futureResult.whenComplete { _ in context.close(promise: nil) }
             } else {
                 context.write(data, promise: written)
             }
+            written.futureResult.whenComplete { [self] _ in
+                if context.channel.isWritable { drained(context) }
+            }
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable, awaitingDrain { drained(context) }
+        context.fireChannelWritabilityChanged()
+    }
+
+    /// The last answer has left the channel's buffer: its memory and its write deadline end
+    /// (and the connection, when the answer said so: closing earlier would cut the answer).
+    private func drained(_ context: ChannelHandlerContext) {
+        guard awaitingDrain else { return }
+        awaitingDrain = false
+        writeTimer?.cancel()
+        writeTimer = nil
+        draining?.release()
+        draining = nil
+        if closeWhenDrained {
+            closeWhenDrained = false
+            context.close(promise: nil)
         }
     }
 }

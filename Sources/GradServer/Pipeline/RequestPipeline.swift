@@ -29,9 +29,9 @@ struct RequestPipeline: Sendable {
     /// Runs `compute` for `request` through the pipeline; `extraSeconds` extends the deadline
     /// (benchmarks run for a bounded time of their own).
     ///
-    /// Returns the result and the request's memory reservation: the caller's answer holds it
-    /// until it is written (``ResponseBody/holding(_:_:)``), so answers that clients are slow to
-    /// read still count against the budget. A job answered 504 holds it until it has stopped.
+    /// Returns the result and the request's memory reservation, which the connection holds until
+    /// the answer has left its buffer (``ConnectionGuard``), so answers that clients are slow to
+    /// read still count against the budget; a job answered 504 holds it until it has stopped.
     func run<T: Sendable>(
         _ request: Request, _ context: GradRequestContext, extraSeconds: Double = 0, _ compute: @escaping @Sendable (Job) throws -> T
     ) async throws -> (T, MemoryBudget.Reservation) {
@@ -65,6 +65,8 @@ struct RequestPipeline: Sendable {
             job.queueSeconds = queue
             return try compute(job)
         }
+        // The answer keeps the memory until the connection has written it (or closed).
+        context.channel?.triggerUserOutboundEvent(ConnectionGuard.ConnectionEvent.hold(reservation), promise: nil)
         return (value, reservation)
     }
 
@@ -176,18 +178,6 @@ final class Job: @unchecked Sendable {
         if !v.isFinite { return "more than 10^18" }
         if v >= 100 { return "\(Int(v.rounded()))" }
         return "\((v * 100).rounded() / 100)"
-    }
-}
-
-extension ResponseBody {
-    /// `buffer` as the body, holding `reservation` until it has been handed to the connection
-    /// (a client that does not read keeps it, until `--write-timeout` closes the connection).
-    static func holding(_ buffer: ByteBuffer, _ reservation: MemoryBudget.Reservation) -> ResponseBody {
-        ResponseBody(contentLength: buffer.readableBytes) { writer in
-            defer { reservation.release() }
-            try await writer.write(buffer)
-            try await writer.finish(nil)
-        }
     }
 }
 
