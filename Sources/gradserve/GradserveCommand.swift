@@ -124,7 +124,14 @@ struct ServeCommand: AsyncParsableCommand {
         config.maxOutputElements = maxOutputElements
         config.maxRequestGFLOP = maxRequestGflop
         config.maxLayers = maxLayers
-        if let memoryLimit { config.memoryLimit = memoryLimit }
+        if let memoryLimit {
+            config.memoryLimit = memoryLimit
+            let physical = Int(clamping: ProcessInfo.processInfo.physicalMemory)
+            if memoryLimit > physical {
+                FileHandle.standardError.write(
+                    Data("gradserve: warning: --memory-limit \(memoryLimit) is above this machine's \(physical) bytes of memory; the budget cannot prevent an OOM kill\n".utf8))
+            }
+        }
         config.maxRequestMemory = maxRequestMemory ?? min(1 << 30, config.memoryLimit)
         if config.maxRequestMemory > config.memoryLimit {
             throw ValidationError(

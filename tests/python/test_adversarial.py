@@ -1353,6 +1353,38 @@ def test_registry_quotas_507(start_server):
     assert len(get(s.url, "/v1/models").json()["models"]) == 3
 
 
+def test_disk_full_is_507_and_leaves_no_partial_file(start_server, tmp_path):
+    """A registry on a full disk answers 507 problem+json; no partial or temp file stays behind, and what
+    was acknowledged before loads again after a restart. Needs a small tmpfs (root); skipped without."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        s = start_server(["--data-dir", str(disk / "data")])
+        rng = np.random.default_rng(7)
+        acknowledged, refused = [], None
+        for i in range(40):  # each model file is ~44 KB of base64: the 256 KiB disk fills within a few
+            r = post(s.url, "/v1/models", {"name": f"d{i}", "model": {"layers": [{"op": "linear", "weight": b64(rng.normal(size=(32, 256)))}]}})
+            if r.status_code == 201:
+                acknowledged.append(r.json()["id"])
+                continue
+            refused = assert_problem_5xx(r, 507)
+            break
+        assert refused is not None, "the 256 KiB disk never filled"
+        assert acknowledged, "not even one model fitted"
+        assert "full" in refused["detail"], refused
+        files = sorted(p.name for p in (disk / "data" / "models").iterdir())
+        assert files == sorted(f"{i}.json" for i in acknowledged), files  # no partial file, no temp file
+        s.stop()
+        s.start()
+        assert sorted(m["id"] for m in get(s.url, "/v1/models").json()["models"]) == sorted(acknowledged)
+        s.stop()
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
 # ======================================================================================
 # 10. Flags validated at start
 # ======================================================================================
