@@ -129,7 +129,9 @@ struct ServeCommand: AsyncParsableCommand {
             let physical = Int(clamping: ProcessInfo.processInfo.physicalMemory)
             if memoryLimit > physical {
                 FileHandle.standardError.write(
-                    Data("gradserve: warning: --memory-limit \(memoryLimit) is above this machine's \(physical) bytes of memory; the budget cannot prevent an OOM kill\n".utf8))
+                    Data(
+                        "gradserve: warning: --memory-limit \(memoryLimit) is above this machine's \(physical) bytes of memory; the budget cannot prevent an OOM kill\n"
+                            .utf8))
             }
         }
         config.maxRequestMemory = maxRequestMemory ?? min(1 << 30, config.memoryLimit)
