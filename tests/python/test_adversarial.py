@@ -711,8 +711,8 @@ def test_hidden_width_small_batches_compute_correctly(main, dtype):
     close(ans["divergence"], exact, dtype, "divergence", tol=tol)
     # D = 1: every Rademacher probe gives εᵀJε = J exactly, so Hutchinson with many probes is exact too.
     ans = decode_answer(post(main.url, "/v1/divergence", {"model": mj, "inputs": {"x": wire(x, "nested")}, "method": "hutchinson",
-                                                          "probes": 64, "seed": 3}), dtype, "json")
-    close(ans["divergence"], exact, dtype, "hutchinson, 64 probes", tol=tol)
+                                                          "probes": 16, "seed": 3}), dtype, "json")
+    close(ans["divergence"], exact, dtype, "hutchinson, 16 probes", tol=tol)
 
 
 def test_hidden_width_blowups_on_the_adapters(main):
@@ -797,42 +797,46 @@ def test_flop_heavy_chain(start_server):
 
 
 def test_admission_by_declared_length_without_reading(main):
-    """JSON bodies reserve 5× their Content-Length, octet-stream 2×; the 100 comes only once admitted.
+    """JSON bodies reserve 7× their Content-Length, octet-stream 4×; the 100 comes only once admitted.
     No body is ever sent here: every answer below is given on the head alone."""
     wait_idle(main.url)
-    # 60 MiB of JSON: 300 MiB > --max-request-memory → 413, no 100.
+    # 60 MiB of JSON: 420 MiB > --max-request-memory → 413, no 100.
     s = raw(main.port, post_head("/v1/forward", 60 * MiB, extra="Expect: 100-continue\r\n"))
     status, headers, _ = read_head(s)
     assert status == 413, (status, headers)
     assert headers.get("content-type", "").startswith("application/problem+json"), headers
     s.close()
-    # The same length as octet-stream: 120 MiB ≤ 256 MiB → admitted: 100 Continue.
+    # The same length as octet-stream: 240 MiB ≤ 256 MiB → admitted: 100 Continue.
     s = raw(main.port, post_head("/v1/forward", 60 * MiB, "application/octet-stream", "Expect: 100-continue\r\n"))
     status, headers, _ = read_head(s)
     assert status == 100, (status, headers)
     s.close()
     wait_idle(main.url)
-    # Two 50 MB JSON bodies (250 MB each) fit the 512 MiB budget; a third does not: 503 at once, with
-    # Retry-After, the connection closed, and no 100 (the body is never read).
+    # Two 35 MB JSON bodies (245 MB each) fit the 512 MiB budget; a third does not: 503 at once, with
+    # Retry-After and no 100 (the body is never read); a client waiting for the 100 is disconnected.
     held = []
     for _ in range(2):
-        s = raw(main.port, post_head("/v1/forward", 50_000_000, extra="Expect: 100-continue\r\n"))
+        s = raw(main.port, post_head("/v1/forward", 35_000_000, extra="Expect: 100-continue\r\n"))
         status, headers, _ = read_head(s)
         assert status == 100, (status, headers)
         held.append(s)
     r = requests.get(main.url + "/readyz", timeout=TIMEOUT)  # 93 % of the budget reserved: not ready
     assert r.status_code == 503 and r.headers.get("Retry-After"), describe(r)
-    assert r.json()["memory_reserved_bytes"] >= 2 * 5 * 50_000_000, r.text
+    assert r.json()["memory_reserved_bytes"] >= 2 * 7 * 35_000_000, r.text
     m = metrics(main.url)
-    assert m["gradserve_memory_reserved_bytes"] >= 2 * 5 * 50_000_000, m
+    assert m["gradserve_memory_reserved_bytes"] >= 2 * 7 * 35_000_000, m
     for expect in ("Expect: 100-continue\r\n", ""):
-        s = raw(main.port, post_head("/v1/forward", 50_000_000, extra=expect))
+        s = raw(main.port, post_head("/v1/forward", 35_000_000, extra=expect))
         status, headers, payload = read_answer(s)
         assert status == 503, (status, headers, payload[:300])
         assert headers.get("retry-after"), headers
-        assert headers.get("connection", "").lower() == "close", headers
         assert json.loads(payload)["status"] == 503
-        assert closed_by_peer(s), "the connection stayed open after the 503"
+        if expect:
+            # The client waits for a 100 that will not come: the server closes after the answer.
+            assert headers.get("connection", "").lower() == "close", headers
+            assert closed_by_peer(s), "the connection stayed open after the 503"
+        # Without Expect the answer came on the head alone too (no body byte was sent); a client
+        # already sending its body may finish it (discarded) rather than be reset under its answer.
         s.close()
     for s in held:
         s.close()
@@ -1148,14 +1152,14 @@ def test_write_timeout_closes_unread_answers(start_server):
 
 
 def test_concurrent_bodies_above_the_budget(main):
-    """12 × 41 MB JSON bodies at once (5× each = 208 MiB; two fit the 512 MiB budget): every answer is
+    """12 × 30 MB JSON bodies at once (7× each = 200 MiB; two fit the 512 MiB budget): every answer is
     200, 413, 422 or 503; a connection error only after a status line was read (a 503 that closes the
     connection before the rest of the body is sent); 200s are correct; the resident size stays bounded."""
     rng = np.random.default_rng(0)
-    x = np.round(rng.uniform(-1, 1, size=(59578, 64)), 7)
+    x = np.round(rng.uniform(-1, 1, size=(43000, 64)), 7)
     body = json.dumps({"model": {"dtype": "float32", "layers": [{"op": "tanh"}]}, "inputs": {"x": x.tolist()},
                        "output_encoding": "base64"}).encode()
-    assert len(body) > 40 * MiB
+    assert len(body) > 28 * MiB
     wait_idle(main.url)
     t0 = time.monotonic()
     results: list = [None] * 12
@@ -1188,7 +1192,7 @@ def test_concurrent_bodies_above_the_budget(main):
         if status == 200:
             ans = json.loads(payload)["outputs"]
             got = np.frombuffer(base64.b64decode(ans["data"]), dtype="<f4").reshape(ans["shape"])
-            close(got, np.tanh(x.astype(np.float32).astype(np.float64)), "float32", "41 MB forward")
+            close(got, np.tanh(x.astype(np.float32).astype(np.float64)), "float32", "30 MB forward")
         else:
             p = json.loads(payload)
             assert p["status"] == status, p
@@ -1197,7 +1201,7 @@ def test_concurrent_bodies_above_the_budget(main):
     assert statuses[503] >= 1, f"12 × 208 MiB never exceeded a 512 MiB budget? {statuses}"
     wait_idle(main.url)
     peak_here = main.sampler.peak if main.sampler.peak_at >= t0 else 0
-    assert peak_here < BUDGET + RSS_MARGIN, f"peak resident {mib(peak_here)} during 12 × 41 MB bodies"
+    assert peak_here < BUDGET + RSS_MARGIN, f"peak resident {mib(peak_here)} during 12 × 30 MB bodies"
 
 
 def test_idle_trim_returns_memory(start_server):

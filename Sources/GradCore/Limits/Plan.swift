@@ -95,15 +95,17 @@ extension Model {
             if wrt.contains(.x) { out += rows * d }
             if wrt.contains(.t) { out += rows }
             if wrt.contains(.params) { out += kk * parameterCount }
-            // Two cotangent buffers in flight, the parameter gradients twice (fresh + accumulated),
-            // and the result once more where row chunks are concatenated.
-            let work = trace + rows * maxW * 2 + kk * parameterCount * 2 + out
+            // Three cotangent buffers in flight (the seed, a copy made by the first in-place
+            // activation rule while the caller still holds the seed, the next layer's), the
+            // parameter gradients once per row chunk plus the sum, and the result once more where
+            // row chunks are concatenated.
+            let work = trace + rows * maxW * 3 + kk * parameterCount * Swift.max(2, Parallel.threads + 1) + out
             return ResourcePlan(outputElements: out, peakBytes: bytes(work + out), flops: forwardFlops + forwardFlops * kk * 2)
         case .jvp(let k, let returnOutputs):
             let kk = Count(Swift.max(k, 1))
             let rows = kk * b
             let out = (returnOutputs ? outputs : .zero) + rows * dOut
-            return ResourcePlan(outputElements: out, peakBytes: bytes(trace + rows * maxW * 2 + out * 2), flops: forwardFlops * (kk + 1))
+            return ResourcePlan(outputElements: out, peakBytes: bytes(trace + rows * maxW * 3 + out * 2), flops: forwardFlops * (kk + 1))
         case .jacobian(let wrt, let mode, let returnOutputs):
             let wantX = wrt.contains(.x)
             let wantT = wrt.contains(.t)
@@ -113,14 +115,14 @@ extension Model {
             if wantT { out += outputs }
             let seeds = used == .reverse ? Count(dOut) : Count((wantX ? d : 0) + (wantT ? 1 : 0))
             let rows = rowsB * seeds
-            let work = trace + rows * maxW * 2 + (outputs * (d + 1)) * 2 + outputs
+            let work = trace + rows * maxW * 3 + (outputs * (d + 1)) * 2 + outputs
             return ResourcePlan(outputElements: out, peakBytes: bytes(work), flops: forwardFlops + jacobianFlopCount(batch: b, d: d, seeds: seeds, mode: used))
         case .divergence(let method, let returnOutputs):
             var p: ResourcePlan
             switch method {
             case .hutchinson(let probes, _):
                 let rows = Count(probes) * b
-                let work = trace + rows * d * 2 + rows * maxW * 2 + Count(probes) * b
+                let work = trace + rows * d * 2 + rows * maxW * 3 + Count(probes) * b
                 p = ResourcePlan(outputElements: rowsB, peakBytes: bytes(work), flops: forwardFlops * (Count(probes) + 1))
             case .exact:
                 p = plan(.jacobian(wrt: [.x], mode: .auto), batch: b, d: d)
@@ -154,7 +156,7 @@ extension Model {
             }
         }
         let rows = Count(b) * hL
-        let work = trace + Count(hL) * h1 + rows * h1 + rows * maxHidden * 2
+        let work = trace + Count(hL) * h1 + rows * h1 + rows * maxHidden * 3
         let flops = forwardFlops + Count(hL) * h1 * d * 2 + rows * middleMACs * 2
         return ResourcePlan(outputElements: Count(b), peakBytes: work * S.dtype.byteCount, flops: flops)
     }

@@ -23,6 +23,9 @@ struct ModelsController: Sendable {
         let ((entry, created), _) = try await pipeline.run(request, context) { job in
             let (modelValue, name, weights) = try Self.decodeRegistration(job.body, contentType: job.contentType)
             let model = try ModelDecoder.decode(modelValue, at: "model", binaryWeights: weights, maxLayers: job.configuration.maxLayers)
+            // The canonical form (base64, 4/3 of the weights) and the file written from it.
+            let weightBytes = Count(model.parameterCount) * model.dtype.byteCount
+            try job.admit(ResourcePlan(outputElements: .zero, peakBytes: weightBytes * 3, flops: .zero), path: "model", answerBytesPerNumber: 0)
             return try registry.register(model, name: name)
         }
         var headers = HTTPFields()

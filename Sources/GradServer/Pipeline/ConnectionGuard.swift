@@ -10,17 +10,24 @@ import Synchronization
 /// - **Connection cap** (`--max-connections`): connections past the cap are closed at once.
 /// - **Expect: 100-continue** is answered only once the request is admitted: the handler strips
 ///   `Expect` and sends `100 Continue` when the request pipeline asks for the body
-///   (``ConnectionEvent/sendContinue``). A request answered without reading its body (503, 413,
-///   401, …) closes the connection after the answer, so a client never sends a body nobody reads.
+///   (``ConnectionEvent/sendContinue``). A request answered while its client still waits for the
+///   100 (503, 413, 401, …) closes the connection after the answer, so that client never sends a
+///   body nobody reads. A client already sending its body gets the answer and the connection
+///   reads and discards the rest (closing under it could reset the answer away).
 /// - **Body deadline** (`--body-timeout`): a request whose body has not fully arrived that long
-///   after its head is answered 408 (or, once an answer has started, cut) and the connection closed.
-/// - **Write deadline** (`--write-timeout`): an answer the client does not read within that time
-///   closes the connection.
-/// - **Answers hold their memory** (``ConnectionEvent/hold(_:)``) until written to the socket, so
-///   clients that do not read cannot take the process past its memory budget.
+///   after it became the one being handled is answered 408 (or, once an answer has started, cut)
+///   and the connection closed.
+/// - **Write deadline** (`--write-timeout`): an answer not written out within that time (a client
+///   that does not read) closes the connection.
+/// - **Answers hold their memory** (``ConnectionEvent/hold(_:)``) until written to the socket
+///   (the end part's write promise completes after every byte before it), so clients that do
+///   not read cannot take the process past its memory budget.
 /// - **Client gone**: when the connection closes (or the client half-closes) while a computation
 ///   is bound to it (``ConnectionEvent/bind(_:)``), its cancellation token is set, so the
 ///   computation stops at its next checkpoint.
+///
+/// Requests may be pipelined: their state is kept in arrival order, and the one at the front is
+/// the one being handled (Hummingbird answers them in order).
 final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = HTTPRequestPart
     typealias InboundOut = HTTPRequestPart
@@ -55,21 +62,22 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         func leave() { open.wrappingSubtract(1, ordering: .relaxed) }
     }
 
+    /// One request read from the connection, not yet answered to the end.
+    private struct Pending {
+        var awaitingContinue: Bool
+        var bodyComplete = false
+    }
+
     private let counter: Counter
     private let bodyTimeout: TimeAmount
     private let writeTimeout: TimeAmount
     private var counted = false
-    private var awaitingContinue = false
-    private var readingBody = false
+    private var requests: [Pending] = []
     private var responseStarted = false
     private var closeAfterResponse = false
     private var bodyTimer: Scheduled<Void>?
-    private var writeTimer: Scheduled<Void>?
     private var token: Cancellation?
     private var held: MemoryBudget.Reservation?
-    private var draining: MemoryBudget.Reservation?
-    private var awaitingDrain = false
-    private var closeWhenDrained = false
     private var gone = false
 
     init(counter: Counter, bodyTimeout: Duration, writeTimeout: Duration) {
@@ -81,31 +89,30 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     // MARK: connection cap
 
     func handlerAdded(context: ChannelHandlerContext) {
-        if context.channel.isActive { enter(context) }
+        if context.channel.isActive { _ = enter(context) }
     }
 
     func channelActive(context: ChannelHandlerContext) {
-        enter(context)
+        guard enter(context) else { return }
         context.fireChannelActive()
     }
 
-    private func enter(_ context: ChannelHandlerContext) {
-        guard !counted else { return }
+    /// Counts the connection once; false (and closing it) past the cap.
+    private func enter(_ context: ChannelHandlerContext) -> Bool {
+        if counted { return true }
         if counter.enter() {
             counted = true
-        } else {
-            context.close(promise: nil)
+            return true
         }
+        context.close(promise: nil)
+        return false
     }
 
     func channelInactive(context: ChannelHandlerContext) {
         clientGone()
         held?.release()
         held = nil
-        draining?.release()
-        draining = nil
         bodyTimer?.cancel()
-        writeTimer?.cancel()
         if counted {
             counter.leave()
             counted = false
@@ -135,30 +142,39 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         switch unwrapInboundIn(data) {
         case .head(var head):
-            responseStarted = false
-            closeAfterResponse = false
-            awaitingContinue = head.headerFields[.expect]?.lowercased() == "100-continue"
+            let expects = head.headerFields[.expect]?.lowercased() == "100-continue"
             head.headerFields[.expect] = nil
-            readingBody = true
-            bodyTimer?.cancel()
-            bodyTimer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: bodyTimeout) { [self] in
-                bodyDeadlinePassed(context)
-            }
+            requests.append(Pending(awaitingContinue: expects))
+            if requests.count == 1 { startBodyTimer(context) }
             context.fireChannelRead(wrapInboundOut(.head(head)))
         case .end:
-            readingBody = false
-            awaitingContinue = false
-            bodyTimer?.cancel()
-            bodyTimer = nil
+            if let i = requests.lastIndex(where: { !$0.bodyComplete }) {
+                requests[i].bodyComplete = true
+                requests[i].awaitingContinue = false
+                if i == 0 {
+                    bodyTimer?.cancel()
+                    bodyTimer = nil
+                }
+            }
             context.fireChannelRead(data)
         case .body:
             context.fireChannelRead(data)
         }
     }
 
+    /// The deadline for the body of the request being handled (the front one), if still unread.
+    private func startBodyTimer(_ context: ChannelHandlerContext) {
+        bodyTimer?.cancel()
+        bodyTimer = nil
+        guard let front = requests.first, !front.bodyComplete else { return }
+        bodyTimer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: bodyTimeout) { [self] in
+            bodyDeadlinePassed(context)
+        }
+    }
+
     private func bodyDeadlinePassed(_ context: ChannelHandlerContext) {
         bodyTimer = nil
-        guard readingBody, context.channel.isActive else { return }
+        guard let front = requests.first, !front.bodyComplete, context.channel.isActive else { return }
         clientGone()
         if !responseStarted {
             let problem = Problem(
@@ -181,8 +197,8 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         }
         switch event {
         case .sendContinue:
-            if awaitingContinue, !responseStarted {
-                awaitingContinue = false
+            if !requests.isEmpty, requests[0].awaitingContinue, !responseStarted {
+                requests[0].awaitingContinue = false
                 context.writeAndFlush(wrapOutboundOut(.head(HTTPResponse(status: .continue))), promise: nil)
             }
         case .bind(let t):
@@ -203,64 +219,45 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
 
     func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
         switch unwrapOutboundIn(data) {
-        case .head(let head):
+        case .head(var head):
             if head.status.kind != .informational {
                 responseStarted = true
-                // A final answer to a client still waiting for 100, or one still sending a body
-                // nobody will read: close after the answer instead of reading the body.
-                if awaitingContinue || readingBody || head.headerFields[.connection]?.lowercased() == "close" { closeAfterResponse = true }
-                if closeAfterResponse {
-                    var head = head
-                    head.headerFields[.connection] = "close"
-                    return context.write(wrapOutboundOut(.head(head)), promise: promise)
-                }
+                // A final answer to a client still waiting for 100 Continue: it will not send the
+                // body, so close after the answer instead of waiting for one.
+                let waiting = requests.first?.awaitingContinue ?? false
+                closeAfterResponse = waiting || head.headerFields[.connection]?.lowercased() == "close"
+                if closeAfterResponse { head.headerFields[.connection] = "close" }
+                return context.write(wrapOutboundOut(.head(head)), promise: promise)
             }
             context.write(data, promise: promise)
         case .body:
             context.write(data, promise: promise)
         case .end:
             token = nil
-            let written = promise ?? context.eventLoop.makePromise()
-            // The answer counts as written once its bytes have left the channel's buffer: the
-            // write promise alone is not enough (an empty end part completes before the body
-            // queued ahead of it has drained), so wait for the channel to be writable again.
-            draining = held
+            let reservation = held
             held = nil
-            awaitingDrain = true
-            writeTimer?.cancel()
-            writeTimer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: writeTimeout) { [self] in
-                writeTimer = nil
-                if awaitingDrain { context.close(promise: nil) }
+            let close = closeAfterResponse
+            responseStarted = false
+            closeAfterResponse = false
+            if !requests.isEmpty { requests.removeFirst() }
+            // The next pipelined request is now the one being handled: its body deadline starts.
+            startBodyTimer(context)
+            let written = promise ?? context.eventLoop.makePromise()
+            // Pending writes complete in order, so the end part's promise completes once every
+            // byte of the answer has been written to the socket.
+            let timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: writeTimeout) {
+                context.close(promise: nil)
             }
-            closeWhenDrained = closeAfterResponse
-            if closeAfterResponse {
+            written.futureResult.whenComplete { _ in
+                timer.cancel()
+                reservation?.release()
+                if close { context.close(promise: nil) }
+            }
+            if close {
                 context.writeAndFlush(data, promise: written)
             } else {
                 context.write(data, promise: written)
             }
-            written.futureResult.whenComplete { [self] _ in
-                if context.channel.isWritable { drained(context) }
-            }
-        }
-    }
-
-    func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable, awaitingDrain { drained(context) }
-        context.fireChannelWritabilityChanged()
-    }
-
-    /// The last answer has left the channel's buffer: its memory and its write deadline end
-    /// (and the connection, when the answer said so: closing earlier would cut the answer).
-    private func drained(_ context: ChannelHandlerContext) {
-        guard awaitingDrain else { return }
-        awaitingDrain = false
-        writeTimer?.cancel()
-        writeTimer = nil
-        draining?.release()
-        draining = nil
-        if closeWhenDrained {
-            closeWhenDrained = false
-            context.close(promise: nil)
         }
     }
 }

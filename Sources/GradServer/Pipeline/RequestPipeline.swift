@@ -115,11 +115,13 @@ final class Job: @unchecked Sendable {
         self.bodyReservation = bodyReservation
     }
 
-    /// How many bytes a body may become once parsed, per byte: a JSON number takes at least 2
-    /// bytes (`0,`) and becomes an 8-byte double; a safetensors body is copied into its tensors.
+    /// How many bytes a body may hold once parsed and its model built, per byte: a JSON number
+    /// takes at least 2 bytes (`0,`) and becomes an 8-byte double (5× with the body itself), and
+    /// an inline weight is cast once more into the model's dtype (up to 2× more); a safetensors
+    /// body is copied into its tensors and float32 weights may be widened to float64 (4×).
     static func bodyFactor(contentType: String?) -> Int {
         let media = contentType?.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
-        return media == "application/octet-stream" ? 2 : 5
+        return media == "application/octet-stream" ? 4 : 7
     }
 
     /// The parsed request document (JSON, or safetensors with its JSON part).
