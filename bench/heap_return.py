@@ -30,15 +30,11 @@ import numpy as np
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "python"))
-from gs_helpers import MLP, ServerProcess, wire  # noqa: E402
+from gs_helpers import MLP, ServerProcess, vm_rss, wire  # noqa: E402
 
 
 def rss(pid: int) -> int:
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    return 0
+    return vm_rss(pid) or 0
 
 
 def phases(r: requests.Response) -> float:

@@ -51,6 +51,9 @@ from pathlib import Path
 import numpy as np
 import requests
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "python"))
+from gs_helpers import vm_rss  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 D, WIDTH = 784, 64
 LAYERS = [(D + 1, WIDTH), (WIDTH, WIDTH), (WIDTH, WIDTH), (WIDTH, D)]  # (in, out)
@@ -96,17 +99,6 @@ def start_server(binary: Path, tmp: Path, args: list[str]) -> tuple[subprocess.P
             proc.kill()
             sys.exit(f"the server did not start: {log.read_text(errors='replace')[-2000:]}")
         time.sleep(0.05)
-
-
-def vm_rss(pid: int) -> int | None:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith("VmRSS:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        return None
-    return None
 
 
 # --------------------------------------------------------------------------------------

@@ -167,16 +167,26 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def peak_rss_bytes(pid: int) -> int | None:
-    """Process `pid`'s peak resident set size (VmHWM in /proc/<pid>/status), or None without /proc."""
+def _status_bytes(pid: int, field: str) -> int | None:
+    """A size field (`VmRSS`, `VmHWM`, …) of /proc/<pid>/status in bytes, or None without /proc."""
     try:
         with open(f"/proc/{pid}/status") as f:
             for line in f:
-                if line.startswith("VmHWM:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except (OSError, ValueError):
         return None
     return None
+
+
+def peak_rss_bytes(pid: int) -> int | None:
+    """Process `pid`'s peak resident set size (VmHWM), or None without /proc."""
+    return _status_bytes(pid, "VmHWM")
+
+
+def vm_rss(pid: int) -> int | None:
+    """Process `pid`'s resident set size now (VmRSS), or None without /proc."""
+    return _status_bytes(pid, "VmRSS")
 
 
 # --------------------------------------------------------------------------------------
