@@ -17,8 +17,9 @@ import Synchronization
 /// - **Body deadline** (`--body-timeout`): a request whose body has not fully arrived that long
 ///   after it became the one being handled is answered 408 (or, once an answer has started, cut)
 ///   and the connection closed.
-/// - **Write deadline** (`--write-timeout`): an answer not written out within that time (a client
-///   that does not read) closes the connection.
+/// - **Write deadline** (`--write-timeout`): an answer that makes no progress for that long (a
+///   client that does not read; large answers are written in 1 MiB slices so that a slow reader
+///   still shows progress) closes the connection.
 /// - **Answers hold their memory** (``ConnectionEvent/hold(_:)``) until written to the socket
 ///   (the end part's write promise completes after every byte before it), so clients that do
 ///   not read cannot take the process past its memory budget.
@@ -76,6 +77,8 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private var responseStarted = false
     private var closeAfterResponse = false
     private var bodyTimer: Scheduled<Void>?
+    private var writeTimer: Scheduled<Void>?
+    private var unwritten = 0
     private var token: Cancellation?
     private var held: MemoryBudget.Reservation?
     private var gone = false
@@ -113,6 +116,8 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         held?.release()
         held = nil
         bodyTimer?.cancel()
+        writeTimer?.cancel()
+        writeTimer = nil
         if counted {
             counter.leave()
             counted = false
@@ -230,8 +235,17 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
                 return context.write(wrapOutboundOut(.head(head)), promise: promise)
             }
             context.write(data, promise: promise)
-        case .body:
-            context.write(data, promise: promise)
+        case .body(let buffer):
+            // Large answers go out in 1 MiB slices (views, no copy), so each written slice shows
+            // progress: the write deadline is for a client that stops reading, not a slow one.
+            guard buffer.readableBytes > Self.slice else { return context.write(data, promise: promise) }
+            var rest = buffer
+            while rest.readableBytes > 0, let part = rest.readSlice(length: min(Self.slice, rest.readableBytes)) {
+                let last = rest.readableBytes == 0
+                let done = (last ? promise : nil) ?? context.eventLoop.makePromise()
+                done.futureResult.whenSuccess { [self] in if unwritten > 0 { armWriteTimer(context) } }
+                context.write(wrapOutboundOut(.body(part)), promise: done)
+            }
         case .end:
             token = nil
             let reservation = held
@@ -245,11 +259,14 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             let written = promise ?? context.eventLoop.makePromise()
             // Pending writes complete in order, so the end part's promise completes once every
             // byte of the answer has been written to the socket.
-            let timer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: writeTimeout) {
-                context.close(promise: nil)
-            }
-            written.futureResult.whenComplete { _ in
-                timer.cancel()
+            unwritten += 1
+            armWriteTimer(context)
+            written.futureResult.whenComplete { [self] _ in
+                unwritten -= 1
+                if unwritten == 0 {
+                    writeTimer?.cancel()
+                    writeTimer = nil
+                }
                 reservation?.release()
                 if close { context.close(promise: nil) }
             }
@@ -258,6 +275,19 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             } else {
                 context.write(data, promise: written)
             }
+        }
+    }
+
+    /// Bytes of an answer written at a time (see the body case of ``write(context:data:promise:)``).
+    private static var slice: Int { 1 << 20 }
+
+    /// (Re)starts the write deadline: `--write-timeout` without progress on the answers still
+    /// unwritten closes the connection.
+    private func armWriteTimer(_ context: ChannelHandlerContext) {
+        writeTimer?.cancel()
+        writeTimer = context.eventLoop.assumeIsolatedUnsafeUnchecked().scheduleTask(in: writeTimeout) { [self] in
+            writeTimer = nil
+            if unwritten > 0 { context.close(promise: nil) }
         }
     }
 }
