@@ -39,8 +39,6 @@ import platform
 import random
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
@@ -52,7 +50,7 @@ import numpy as np
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "python"))
-from gs_helpers import vm_rss  # noqa: E402
+from gs_helpers import ServerProcess, vm_rss  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 D, WIDTH = 784, 64
@@ -68,37 +66,7 @@ SMALL_ROUTES = ("forward", "vjp", "divergence")  # the "small requests" of the p
 # --------------------------------------------------------------------------------------
 
 
-def private_binary(tmp: Path) -> Path:
-    src = Path(os.environ.get("GRADSERVE_BIN") or REPO / ".build" / "release" / "gradserve")
-    if not src.exists():
-        sys.exit(f"no server binary at {src}; build it (swift build -c release) or set GRADSERVE_BIN")
-    dst = tmp / "gs-soak"
-    shutil.copy2(src, dst)
-    for bundle in list(src.parent.glob("*.resources")) + [b for b in src.parent.glob("*.bundle") if b.is_dir()]:
-        shutil.copytree(bundle, tmp / bundle.name, dirs_exist_ok=True)
-    return dst
-
-
-def start_server(binary: Path, tmp: Path, args: list[str]) -> tuple[subprocess.Popen, str, Path]:
-    log = tmp / "server.log"
-    cmd = [str(binary), "serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(tmp / "data"), *args]
-    proc = subprocess.Popen(cmd, stdout=open(log, "wb"), stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 60
-    while True:
-        m = re.search(rb"listening on \S+:(\d+)", log.read_bytes())
-        if m:
-            url = f"http://127.0.0.1:{int(m.group(1))}"
-            try:
-                if requests.get(url + "/healthz", timeout=5).status_code == 200:
-                    return proc, url, log
-            except requests.RequestException:
-                pass
-        if proc.poll() is not None:
-            sys.exit(f"the server exited ({proc.returncode}): {log.read_text(errors='replace')[-2000:]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            sys.exit(f"the server did not start: {log.read_text(errors='replace')[-2000:]}")
-        time.sleep(0.05)
+# The server: gs_helpers.ServerProcess (a private copy of $GRADSERVE_BIN or the release build, --port 0).
 
 
 # --------------------------------------------------------------------------------------
@@ -230,11 +198,11 @@ def main() -> None:
     a = ap.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="gs-soak-"))
-    proc = None
+    server_args = ["--memory-limit", a.memory_limit, *a.server_args]
+    server = ServerProcess(tmp / "data", server_args)
     try:
-        binary = private_binary(tmp)
-        server_args = ["--memory-limit", a.memory_limit, *a.server_args]
-        proc, url, log = start_server(binary, tmp, server_args)
+        url = server.start()
+        proc = server.proc
         info = requests.get(url + "/v1/info", timeout=30).json()
         rng = np.random.default_rng(a.seed)
         weights = toy_weights(rng)
@@ -304,14 +272,9 @@ def main() -> None:
         after_idle = vm_rss(proc.pid)
         alive = proc.poll() is None
         ready = requests.get(url + "/readyz", timeout=30).json() if alive else None
-        log_errors = [line for line in log.read_text(errors="replace").splitlines() if " error " in line][-20:]
+        log_errors = [line for line in server.log_path.read_text(errors="replace").splitlines() if " error " in line][-20:]
     finally:
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        server.stop()
         shutil.rmtree(tmp, ignore_errors=True)
 
     records.sort()

@@ -36,17 +36,24 @@ public enum TensorDecoder {
         case .array(let items):
             throw .invalid([badArrayIssue(items, at: path)])
         case .object(let obj):
-            guard case .numbers(let s, let v)? = obj["shape"], s.count == 1 else {
-                throw .invalid("\(path).shape", obj["shape"] == nil ? "required" : "expected an array of integers")
-            }
-            if let bad = v.firstIndex(where: { $0 < 0 || $0 != $0.rounded() || $0 > Double(maxElements) }) {
-                throw .invalid("\(path).shape[\(bad)]", extentMessage(v[bad]))
-            }
-            let shape = v.map { Int($0) }
+            let shape = try extents(obj["shape"], at: path)
             try checkShape(shape, at: "\(path).shape")
             return shape
         default:
             throw .invalid(path, "expected a tensor (nested array of numbers, or an object with shape and data), got \(value.typeName)")
+        }
+    }
+
+    /// The extents of a tensor object's `shape` field (not yet checked as a whole).
+    private static func extents(_ value: JSONValue?, at path: String) throws(GradError) -> [Int] {
+        switch value {
+        case nil: throw .invalid("\(path).shape", "required")
+        case .numbers(let s, let v)? where s.count == 1:
+            if let bad = v.firstIndex(where: { $0 < 0 || $0 != $0.rounded() || $0 > Double(maxElements) }) {
+                throw .invalid("\(path).shape[\(bad)]", extentMessage(v[bad]))
+            }
+            return v.map { Int($0) }
+        default: throw .invalid("\(path).shape", "expected an array of integers")
         }
     }
 
@@ -55,21 +62,11 @@ public enum TensorDecoder {
         for key in obj.keys where !["shape", "data", "dtype", "encoding"].contains(key) {
             issues.append(FieldIssue(path: "\(path).\(key)", message: "unknown field (a tensor object has shape, data, dtype, encoding)"))
         }
-        guard let shapeValue = obj["shape"] else {
-            issues.append(FieldIssue(path: "\(path).shape", message: "required"))
-            throw .invalid(issues)
-        }
         let shape: [Int]
-        switch shapeValue {
-        case .numbers(let s, let v) where s.count == 1:
-            if let bad = v.firstIndex(where: { $0 < 0 || $0 != $0.rounded() || $0 > Double(maxElements) }) {
-                issues.append(FieldIssue(path: "\(path).shape[\(bad)]", message: extentMessage(v[bad])))
-                throw .invalid(issues)
-            }
-            shape = v.map { Int($0) }
-        default:
-            issues.append(FieldIssue(path: "\(path).shape", message: "expected an array of integers"))
-            throw .invalid(issues)
+        do { shape = try extents(obj["shape"], at: path) } catch .invalid(let more) {
+            throw .invalid(issues + more)
+        } catch {
+            throw error
         }
         let dtype: DType
         switch obj["dtype"] {

@@ -111,7 +111,12 @@ struct ServeCommand: AsyncParsableCommand {
         if (tlsCert == nil) != (tlsKey == nil) { throw ValidationError("--tls-cert and --tls-key go together") }
     }
 
-    var origins: [String] { allowOrigin.flatMap { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }.filter { !$0.isEmpty } }
+    var origins: [String] { Self.list(allowOrigin) }
+
+    /// A repeatable option whose values may also be comma-separated, as one list.
+    static func list(_ values: [String]) -> [String] {
+        values.flatMap { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }.filter { !$0.isEmpty }
+    }
 
     func run() async throws {
         MemoryPolicy.keepLargeBlocks()
@@ -147,9 +152,7 @@ struct ServeCommand: AsyncParsableCommand {
         config.writeTimeoutSeconds = writeTimeout
         config.maxConnections = maxConnections
         config.allowedOrigins = origins
-        config.allowedHosts = allowedHosts.flatMap { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces).lowercased() } }.filter {
-            !$0.isEmpty
-        }
+        config.allowedHosts = Self.list(allowedHosts).map { $0.lowercased() }
         config.maxModels = maxModels
         config.maxRegistryBytes = maxRegistryBytes
         config.blasThreads = blasThreads

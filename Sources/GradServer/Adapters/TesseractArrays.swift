@@ -42,8 +42,7 @@ enum TesseractArrays {
         case .number: return []
         case .object(let o):
             guard case .numbers(let s, let dims)? = o["shape"] ?? .numbers(shape: [0], values: []), s.count == 1,
-                let shape = Optional(dims.compactMap { Int(exactly: $0) }), shape.count == dims.count, shape.allSatisfy({ $0 >= 0 }),
-                Shape.elementCount(shape) != nil
+                let shape = Optional(dims.compactMap { Int(exactly: $0) }), shape.count == dims.count, shape.allSatisfy({ $0 >= 0 })
             else { throw .invalid("\(path).shape", "expected a list of non-negative integers") }
             guard let count = Shape.elementCount(shape), count <= TensorDecoder.maxElements else {
                 throw .invalid("\(path).shape", "\(Shape.describe(shape)) holds more than the \(TensorDecoder.maxElements) elements this server reads")
@@ -63,10 +62,8 @@ enum TesseractArrays {
             return try finite(.float64(Tensor(shape: [], scalars: [v])), at: path)
         case .object(let o):
             if let t = o["object_type"], t != .string("array") { throw .invalid("\(path).object_type", "expected \"array\"") }
-            guard case .numbers(let s, let dims)? = o["shape"] ?? .numbers(shape: [0], values: []), s.count == 1,
-                let shape = Optional(dims.compactMap { Int(exactly: $0) }), shape.count == dims.count, shape.allSatisfy({ $0 >= 0 }),
-                let count = Shape.elementCount(shape), count <= TensorDecoder.maxElements
-            else { throw .invalid("\(path).shape", "expected a list of non-negative integers") }
+            let shape = try self.shape(of: value, at: path)
+            let count = Shape.elementCount(shape)!  // checked by shape(of:at:)
             guard case .string(let dtypeName)? = o["dtype"] else { throw .invalid("\(path).dtype", "required") }
             guard case .object(let data)? = o["data"], case .string(let encoding)? = data["encoding"], let buffer = data["buffer"] else {
                 throw .invalid("\(path).data", "expected {\"buffer\", \"encoding\"}")

@@ -52,7 +52,7 @@ struct TesseractController: Sendable {
                 .notAcceptable, title: "Not acceptable",
                 detail: "available formats: application/json, application/json+base64 (uncompressed, gpu_transport=none)")
         }
-        let ((bytes, timing), _) = try await pipeline.run(request, context) { job -> ([UInt8], String) in
+        let (bytes, timing) = try await pipeline.run(request, context) { job -> ([UInt8], String) in
             let clock = ContinuousClock()
             let t0 = clock.now
             let doc = try job.body.withUnsafeReadableBytes { try JSONParser.parse($0) }
@@ -263,7 +263,7 @@ struct TesseractEndpoints {
         let (b, d, inputElements) = try inputShapes()
         let dOut = model.outputWidth(d: d)
         let s = model.dtype.byteCount
-        let perNumber = format == .json ? 25 : s * 4 / 3 + 1
+        let perNumber = OperationRunner.bytesPerNumber(format == .json ? .json : .base64, model.dtype)
         func admit(_ planned: PlannedOperation, path: String, answer: Count? = nil, extra: Count = .zero, more: Count = .zero) throws {
             try job.admit(
                 model.plan(planned, batch: b, d: d), path: path, answerElements: answer, extraBytes: extra, inputElements: inputElements + more,

@@ -44,7 +44,7 @@ struct UMBridgeController: Sendable {
 
     func handle(_ route: String, _ request: Request, _ context: Context) async throws -> Response {
         let model = try model(context)
-        let (bytes, _) = try await pipeline.run(request, context) { job -> [UInt8] in
+        let bytes = try await pipeline.run(request, context) { job -> [UInt8] in
             let value = try job.body.withUnsafeReadableBytes { try JSONParser.parse($0) }
             guard case .object(let root) = value else { throw UMBridgeError(type: "InvalidInput", message: "the body must be a JSON object") }
             var w = JSONWriter()
@@ -117,7 +117,9 @@ struct UMBridgeEndpoints {
         // The points are copied once into rows and once into the model's tensor.
         let inputElements = (flat + b) * 2
         func admit(_ planned: PlannedOperation) throws {
-            try job.admit(model.plan(planned, batch: b, d: d), path: "input", inputElements: inputElements, answerBytesPerNumber: 25)
+            try job.admit(
+                model.plan(planned, batch: b, d: d), path: "input", inputElements: inputElements,
+                answerBytesPerNumber: OperationRunner.bytesPerNumber(.json, model.dtype))
         }
         let outputSize = Count(b) * dOut
         w.beginObject()

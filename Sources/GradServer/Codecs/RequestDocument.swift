@@ -12,8 +12,7 @@ struct RequestDocument: Sendable {
 
     /// Parses `body` according to its content type: JSON (default) or `application/octet-stream`.
     static func parse(_ body: ByteBuffer, contentType: String?) throws -> RequestDocument {
-        let media = contentType?.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
-        switch media {
+        switch mediaType(contentType) {
         // curl -d sends application/x-www-form-urlencoded unless told otherwise; its body is the JSON.
         case nil, "application/json", "text/json", "application/x-www-form-urlencoded":
             let value = try body.withUnsafeReadableBytes { try JSONParser.parse($0) }
@@ -36,6 +35,11 @@ struct RequestDocument: Sendable {
                 .unsupportedMediaType, title: "Unsupported media type",
                 detail: "send application/json, or application/octet-stream with a safetensors body; got \(contentType ?? "")")
         }
+    }
+
+    /// The media type of a `Content-Type` (lowercased, without parameters).
+    static func mediaType(_ contentType: String?) -> String? {
+        contentType?.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
     }
 
     /// The JSON value at a dotted path.

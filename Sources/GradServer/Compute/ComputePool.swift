@@ -14,8 +14,8 @@ import Synchronization
 /// gives its thread, its place and its memory back. `/readyz` and `/metrics` count it until then.
 public final class ComputePool: Sendable {
     private let threads: NIOThreadPool
-    let workers: Int
-    let maxQueued: Int
+    private let workers: Int
+    private let maxQueued: Int
     private let pending = Mutex(0)
     private let finished = Atomic<Int>(0)
     private let inFlightGauge: Gauge?

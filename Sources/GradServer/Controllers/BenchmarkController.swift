@@ -19,7 +19,7 @@ struct BenchmarkController: Sendable {
         let runner = self.runner
         let maxSeconds = pipeline.configuration.benchmarkMaxSeconds
         let machineBox = machine
-        let (report, _) = try await pipeline.run(request, context, extraSeconds: maxSeconds) { job -> BenchmarkReport in
+        let report = try await pipeline.run(request, context, extraSeconds: maxSeconds) { job -> BenchmarkReport in
             let info = machineBox.get()
             let doc = try job.document()
             let started = ContinuousClock.now

@@ -18,7 +18,7 @@ struct ComputeController: Sendable {
 
     func handle(_ op: Operation, _ request: Request, _ context: GradRequestContext) async throws -> Response {
         let runner = self.runner
-        let ((bytes, type, serverTiming), _) = try await pipeline.run(request, context) { job in
+        let (bytes, type, serverTiming) = try await pipeline.run(request, context) { job in
             let clock = ContinuousClock()
             let t0 = clock.now
             let doc = try job.document()

@@ -20,7 +20,7 @@ struct ModelsController: Sendable {
     /// `__metadata__` holds `model` (the architecture as JSON, weights referenced by tensor name) and `name`.
     func register(_ request: Request, _ context: GradRequestContext) async throws -> Response {
         let registry = self.registry
-        let ((entry, created), _) = try await pipeline.run(request, context) { job in
+        let (entry, created) = try await pipeline.run(request, context) { job in
             let (modelValue, name, weights) = try Self.decodeRegistration(job.body, contentType: job.contentType)
             let model = try ModelDecoder.decode(modelValue, at: "model", binaryWeights: weights, maxLayers: job.configuration.maxLayers)
             // The canonical form (base64, 4/3 of the weights) and the file written from it.
@@ -35,8 +35,7 @@ struct ModelsController: Sendable {
     }
 
     static func decodeRegistration(_ body: ByteBuffer, contentType: String?) throws -> (JSONValue, String?, [String: AnyTensor]) {
-        let media = contentType?.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
-        if media == "application/octet-stream" {
+        if RequestDocument.mediaType(contentType) == "application/octet-stream" {
             // Safetensors: metadata "model" (JSON text) and "name"; every tensor is a named weight.
             let file = try body.withUnsafeReadableBytes { try Safetensors.read($0) }
             guard let text = file.metadata["model"] else {

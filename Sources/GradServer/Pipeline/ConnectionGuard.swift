@@ -51,7 +51,6 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         let limit: Int
         private let open = Atomic(0)
         init(limit: Int) { self.limit = limit }
-        var current: Int { open.load(ordering: .relaxed) }
         func enter() -> Bool {
             let n = open.wrappingAdd(1, ordering: .relaxed).newValue
             if n > limit {

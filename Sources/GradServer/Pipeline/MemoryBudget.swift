@@ -29,6 +29,15 @@ public final class MemoryBudget: Sendable {
     /// Bytes reserved now.
     public var reservedBytes: Int { reserved.withLock { $0 } }
 
+    /// The 503 of a budget without room for `need` more bytes now.
+    func busy(need: Count) -> Problem {
+        Problem(
+            .serviceUnavailable, title: "Server busy",
+            detail:
+                "requests in flight hold \(Count(reservedBytes).bytesDescription) of the \(Count(limit).bytesDescription) memory budget (--memory-limit); this one needs \(need.bytesDescription); retry shortly",
+            headers: [.retryAfter: "1"])
+    }
+
     /// A new, empty reservation.
     public func reservation() -> Reservation { Reservation(budget: self) }
 
@@ -53,9 +62,6 @@ public final class MemoryBudget: Sendable {
         private let held = Mutex<Int?>(0)  // nil once released
 
         fileprivate init(budget: MemoryBudget) { self.budget = budget }
-
-        /// Bytes held now.
-        public var bytes: Int { held.withLock { $0 ?? 0 } }
 
         /// Grows the reservation to at least `total` bytes; false when the budget has no room
         /// (the reservation is unchanged then).

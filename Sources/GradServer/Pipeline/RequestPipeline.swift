@@ -29,12 +29,12 @@ struct RequestPipeline: Sendable {
     /// Runs `compute` for `request` through the pipeline; `extraSeconds` extends the deadline
     /// (benchmarks run for a bounded time of their own).
     ///
-    /// Returns the result and the request's memory reservation, which the connection holds until
-    /// the answer has left its buffer (``ConnectionGuard``), so answers that clients are slow to
-    /// read still count against the budget; a job answered 504 holds it until it has stopped.
+    /// The request's memory reservation is then held by the connection until the answer has left
+    /// its buffer (``ConnectionGuard``), so answers that clients are slow to read still count
+    /// against the budget; a job answered 504 holds it until it has stopped.
     func run<T: Sendable>(
         _ request: Request, _ context: GradRequestContext, extraSeconds: Double = 0, _ compute: @escaping @Sendable (Job) throws -> T
-    ) async throws -> (T, MemoryBudget.Reservation) {
+    ) async throws -> T {
         let arrival = ContinuousClock.now
         let deadline = configuration.deadline(from: arrival, extra: extraSeconds)
         // 1. Admission, before reading.
@@ -42,10 +42,7 @@ struct RequestPipeline: Sendable {
         let contentType = request.headers[.contentType]
         let factor = Job.bodyFactor(contentType: contentType)
         let maxBody = configuration.maxBodyBytes
-        let declared = request.headers[.contentLength].flatMap { Int($0) }
-        if let declared, declared > maxBody {
-            throw Problem(.contentTooLarge, title: "Body too large", detail: "the body declares \(declared) bytes; the limit is \(maxBody) (--max-body-bytes)")
-        }
+        let declared = try BodyReader.declaredLength(request, limit: maxBody)
         // Released when its last holder (this call, the job, the answer) lets go of it.
         let reservation = memory.reservation()
         if let declared { try reserve(reservation, body: Count(declared), factor: factor) }
@@ -67,7 +64,7 @@ struct RequestPipeline: Sendable {
         }
         // The answer keeps the memory until the connection has written it (or closed).
         context.channel?.triggerUserOutboundEvent(ConnectionGuard.ConnectionEvent.hold(reservation), promise: nil)
-        return (value, reservation)
+        return value
     }
 
     /// Reserves room for a body of `body` bytes (and what parsing it may allocate).
@@ -80,15 +77,7 @@ struct RequestPipeline: Sendable {
                     "a \(body) byte body may take up to \(need.bytesDescription) once parsed, above the per-request limit of \(Count(configuration.maxRequestMemory).bytesDescription) (--max-request-memory); send tensors as base64 or safetensors, or split the batch"
             )
         }
-        guard reservation.grow(to: need) else { throw memoryBusy(need: need) }
-    }
-
-    private func memoryBusy(need: Count) -> Problem {
-        Problem(
-            .serviceUnavailable, title: "Server busy",
-            detail:
-                "requests in flight hold \(Count(memory.reservedBytes).bytesDescription) of the \(Count(memory.limit).bytesDescription) memory budget (--memory-limit); this one needs \(need.bytesDescription); retry shortly",
-            headers: [.retryAfter: "1"])
+        guard reservation.grow(to: need) else { throw memory.busy(need: need) }
     }
 }
 
@@ -120,8 +109,7 @@ final class Job: @unchecked Sendable {
     /// an inline weight is cast once more into the model's dtype (up to 2× more); a safetensors
     /// body is copied into its tensors and float32 weights may be widened to float64 (4×).
     static func bodyFactor(contentType: String?) -> Int {
-        let media = contentType?.split(separator: ";").first.map { $0.trimmingCharacters(in: .whitespaces).lowercased() }
-        return media == "application/octet-stream" ? 4 : 7
+        RequestDocument.mediaType(contentType) == "application/octet-stream" ? 4 : 7
     }
 
     /// The parsed request document (JSON, or safetensors with its JSON part).
@@ -167,13 +155,7 @@ final class Job: @unchecked Sendable {
             )
         }
         let total = bodyReservation + working
-        guard reservation.grow(to: total) else {
-            throw Problem(
-                .serviceUnavailable, title: "Server busy",
-                detail:
-                    "requests in flight hold \(Count(budget.reservedBytes).bytesDescription) of the \(Count(budget.limit).bytesDescription) memory budget (--memory-limit); this one needs \(total.bytesDescription); retry shortly",
-                headers: [.retryAfter: "1"])
-        }
+        guard reservation.grow(to: total) else { throw budget.busy(need: total) }
     }
 
     private static func figure(_ v: Double) -> String {
@@ -183,15 +165,24 @@ final class Job: @unchecked Sendable {
     }
 }
 
-/// Reads a request body within the size limit: a declared length above it is refused at once,
-/// a chunked body as soon as it passes the limit. The buffer is sized from `Content-Length`, so
-/// a megabyte body is not copied again each time the buffer grows.
+/// Reads a request body within the size limit: a declared length above it is refused at once
+/// (before anything is reserved or read), a chunked body as soon as it passes the limit. The
+/// buffer is sized from `Content-Length`, so a megabyte body is not copied again each time the
+/// buffer grows.
 enum BodyReader {
-    static func collect(_ request: Request, limit: Int, onGrow: (Int) throws -> Void = { _ in }) async throws -> ByteBuffer {
+    /// The declared `Content-Length`, or nil for a chunked body; 413 above `limit`.
+    static func declaredLength(_ request: Request, limit: Int) throws -> Int? {
         let declared = request.headers[.contentLength].flatMap { Int($0) }
         if let declared, declared > limit {
             throw Problem(.contentTooLarge, title: "Body too large", detail: "the body declares \(declared) bytes; the limit is \(limit) (--max-body-bytes)")
         }
+        return declared
+    }
+
+    /// The whole body (its declared length was checked by ``declaredLength(_:limit:)``);
+    /// `onGrow` sees the running total.
+    static func collect(_ request: Request, limit: Int, onGrow: (Int) throws -> Void = { _ in }) async throws -> ByteBuffer {
+        let declared = request.headers[.contentLength].flatMap { Int($0) }
         var buffer = ByteBufferAllocator().buffer(capacity: min(declared ?? 16_384, limit))
         var total = 0
         do {
