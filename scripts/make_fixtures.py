@@ -12,13 +12,13 @@ CPU; on another CPU, PyTorch's vector paths may change the last bits of the
 computed values, which --check allows within a tight tolerance.
 
 One JSON file per case:
-  name, model (DESIGN.md format), x [B, D], t [B] (models with "t" only),
+  name, model (docs/api.md format), x [B, D], t [B] (models with "t" only),
   grad_outputs [B, D'], grad_outputs_batched [K, B, D'],
   tangents {x, t}, tangents_batched {x: [K, B, D], t: [K, B]},
   expected {outputs, vjp {x, t, params}, vjp_batched {x, t, params},
             jvp, jvp_batched, jacobian {x, t}, divergence}
 
-Tensors are in one of the three forms of DESIGN.md (nested arrays by default;
+Tensors are in one of the three forms of docs/api.md (nested arrays by default;
 some small cases use form 2, the ToyMLP case uses form 3 everywhere).  Float32
 cases hold exactly-representable float32 values (written as the float64 with
 the same value), and every expected value is computed by torch in the model's
@@ -75,7 +75,7 @@ class Model:
         return "t" in self.inputs
 
     def param_refs(self) -> list[tuple[str, torch.Tensor]]:
-        """(parameter name, tensor) in order of first appearance, per DESIGN.md's naming."""
+        """(parameter name, tensor) in order of first appearance, per docs/api.md's naming."""
         seen: dict[str, torch.Tensor] = {}
         for i, layer in enumerate(self.layers):
             if layer["op"] != "linear":

@@ -1,6 +1,6 @@
 import GradCore
 
-/// Reads the model format of DESIGN.md (`inputs`, `dtype`, `layers`, `weights`) into a validated model.
+/// Reads the model format of docs/api.md (`inputs`, `dtype`, `layers`, `weights`) into a validated model.
 public enum ModelDecoder {
     /// Fields each op accepts besides `op`.
     static let opFields: [String: Set<String>] = [

@@ -1266,7 +1266,7 @@ def test_openapi(server):
 
 
 def test_openapi_describes_the_api(server):
-    """DESIGN.md: openapi.yaml is the contract and must say the same as the service."""
+    """docs/api.md: openapi.yaml is the contract and must say the same as the service."""
     text = get(server, "/openapi.yaml").text
     for path in ["/v1/forward", "/v1/vjp", "/v1/jvp", "/v1/jacobian", "/v1/divergence", "/v1/models", "/healthz"]:
         assert path in text, f"openapi.yaml does not mention {path} (served {len(text)} bytes: {text[:200]!r})"
