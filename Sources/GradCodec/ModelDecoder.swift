@@ -2,12 +2,6 @@ import GradCore
 
 /// Reads the model format of docs/api.md (`inputs`, `dtype`, `layers`, `weights`) into a validated model.
 public enum ModelDecoder {
-    /// Fields each op accepts besides `op`.
-    static let opFields: [String: Set<String>] = [
-        "linear": ["weight", "bias"], "leaky_relu": ["negative_slope"], "elu": ["alpha"], "gelu": ["approximate"],
-        "softplus": ["beta", "threshold"], "relu": [], "selu": [], "silu": [], "sigmoid": [], "tanh": [], "identity": [],
-    ]
-
     /// Decodes and validates the model object at `path` (e.g. `model`); every problem is reported with its full path.
     /// `binaryWeights` are named tensors from a binary body, merged into `weights`. A model with
     /// more than `maxLayers` layers is refused before any layer is decoded.
@@ -18,7 +12,7 @@ public enum ModelDecoder {
         do {
             return try ModelBuilder.build(spec)
         } catch .invalid(let issues) {
-            throw .invalid(issues.map { FieldIssue(path: "\(path).\($0.path)", message: $0.message) })
+            throw .invalid(issues.map { $0.within(model: path) })
         } catch {
             throw error
         }
@@ -33,7 +27,7 @@ public enum ModelDecoder {
         }
         if case .array(let items)? = obj["layers"], items.count > maxLayers {
             throw .limitExceeded(
-                path: "\(path).layers", limit: "--max-layers",
+                place: .field("\(path).layers"), limit: "--max-layers",
                 message: "the model has \(items.count) layers; this server accepts at most \(maxLayers)")
         }
         var issues: [FieldIssue] = []
@@ -96,74 +90,62 @@ public enum ModelDecoder {
         return ModelSpec(inputs: inputs, dtype: dtype, layers: layers)
     }
 
+    /// Decodes one layer against its op's declaration (``OpDeclaration``): unknown ops and
+    /// unknown fields are refused, defaults and checks come from the declaration.
     private static func decodeLayer(
         _ value: JSONValue, at lp: String, named: [String: AnyTensor], used: inout Set<String>
     ) throws(GradError) -> LayerSpec? {
+        let known = OpDeclaration.names.joined(separator: ", ")
         guard case .object(let lobj) = value else { throw .invalid(lp, "expected a layer object, got \(value.typeName)") }
-        guard case .string(let op)? = lobj["op"] else { throw .invalid("\(lp).op", "required: one of linear, \(Activation.opNames.joined(separator: ", "))") }
-        guard let allowed = opFields[op] else {
-            throw .invalid("\(lp).op", "unknown op \"\(op)\"; expected one of linear, \(Activation.opNames.joined(separator: ", "))")
-        }
+        guard case .string(let op)? = lobj["op"] else { throw .invalid("\(lp).op", "required: one of \(known)") }
+        guard let declaration = OpDeclaration.named(op) else { throw .invalid("\(lp).op", "unknown op \"\(op)\"; expected one of \(known)") }
         var issues: [FieldIssue] = []
-        for key in lobj.keys where key != "op" && !allowed.contains(key) {
-            issues.append(
-                FieldIssue(
-                    path: "\(lp).\(key)",
-                    message: "unknown field for op \"\(op)\""
-                        + (allowed.isEmpty ? " (it takes no parameters)" : " (it takes \(allowed.sorted().joined(separator: ", ")))")))
-        }
-        func number(_ key: String, default d: Double) -> Double {
-            guard let v = lobj[key] else { return d }
-            if case .number(let x) = v, x.isFinite { return x }
-            issues.append(FieldIssue(path: "\(lp).\(key)", message: "expected a finite number, got \(v.typeName)"))
-            return d
-        }
-        func parameter(_ key: String) -> ParameterSpec? {
-            guard let v = lobj[key] else { return nil }
-            if case .string(let name) = v {
-                guard let t = named[name] else {
-                    issues.append(FieldIssue(path: "\(lp).\(key)", message: "names \"\(name)\", which is not an entry of weights"))
-                    return nil
-                }
-                used.insert(name)
-                return ParameterSpec(name: name, tensor: t)
+        var given: [String: OpValue] = [:]
+        for (key, v) in lobj.entries where key != "op" {
+            switch v {
+            case .number(let x): given[key] = .number(x)
+            case .string(let s): given[key] = .choice(s)
+            default: given[key] = .choice("")  // a wrong kind: resolve names the field
             }
-            do { return ParameterSpec(name: nil, tensor: try TensorDecoder.decode(v, at: "\(lp).\(key)")) } catch .invalid(let more) {
-                issues += more
-            } catch {}
-            return nil
         }
-        let layer: LayerSpec?
-        switch op {
-        case "linear":
-            let w = parameter("weight")
-            let b = parameter("bias")
-            if lobj["weight"] == nil { issues.append(FieldIssue(path: "\(lp).weight", message: "required")) }
-            layer = w.map { .linear(weight: $0, bias: b) }
-        case "leaky_relu": layer = .activation(.leakyReLU(negativeSlope: number("negative_slope", default: 0.01)))
-        case "elu": layer = .activation(.elu(alpha: number("alpha", default: 1)))
-        case "gelu":
-            var approx = GELUApproximation.none
-            if let v = lobj["approximate"] {
-                if case .string(let s) = v, let a = GELUApproximation(rawValue: s) {
-                    approx = a
+        var parameters: [String: ParameterSpec] = [:]
+        for field in declaration.fields {
+            guard case .parameter(let required) = field.kind else { continue }
+            given[field.name] = nil
+            let fp = "\(lp).\(field.name)"
+            switch lobj[field.name] {
+            case nil:
+                if required { issues.append(FieldIssue(path: fp, message: "required")) }
+            case .string(let name)?:
+                if let t = named[name] {
+                    used.insert(name)
+                    parameters[field.name] = ParameterSpec(name: name, tensor: t)
                 } else {
-                    issues.append(FieldIssue(path: "\(lp).approximate", message: "expected \"none\" or \"tanh\""))
+                    issues.append(FieldIssue(path: fp, message: "names \"\(name)\", which is not an entry of weights"))
                 }
+            case let v?:
+                do { parameters[field.name] = ParameterSpec(name: nil, tensor: try TensorDecoder.decode(v, at: fp)) } catch .invalid(let more) {
+                    issues += more
+                } catch {}
             }
-            layer = .activation(.gelu(approximate: approx))
-        case "softplus":
-            let beta = number("beta", default: 1)
-            if beta == 0 { issues.append(FieldIssue(path: "\(lp).beta", message: "must not be 0")) }
-            layer = .activation(.softplus(beta: beta, threshold: number("threshold", default: 20)))
-        case "relu": layer = .activation(.relu)
-        case "selu": layer = .activation(.selu)
-        case "silu": layer = .activation(.silu)
-        case "sigmoid": layer = .activation(.sigmoid)
-        case "tanh": layer = .activation(.tanh)
-        default: layer = .activation(.identity)
         }
+        let resolved = declaration.resolve(given)
+        if case .failure(let problems) = resolved { issues += problems.list.map { FieldIssue(path: "\(lp).\($0.field)", message: $0.message) } }
         if !issues.isEmpty { throw .invalid(issues) }
-        return layer
+        if declaration.isActivation, case .success(let arguments) = resolved { return .activation(declaration.activation(arguments)) }
+        guard let weight = parameters["weight"] else { return nil }
+        return .linear(weight: weight, bias: parameters["bias"])
+    }
+}
+
+extension FieldIssue {
+    /// The issue with a place inside the model (``Place/model(_:)``) spelled as a field path
+    /// under `path`, where the model object sat in the request (`model.layers[2].weight`).
+    public func within(model path: String) -> FieldIssue {
+        switch place {
+        case .model(nil): FieldIssue(path: path, message: message)
+        case .model(let p?): FieldIssue(path: "\(path).\(p.path)", message: message)
+        default: self
+        }
     }
 }

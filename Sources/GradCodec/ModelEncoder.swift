@@ -43,22 +43,16 @@ public enum ModelEncoder {
             case .activation(let a):
                 w.key("op")
                 w.string(a.op)
-                switch a {
-                case .leakyReLU(let s):
-                    w.key("negative_slope")
-                    w.number(s)
-                case .elu(let alpha):
-                    w.key("alpha")
-                    w.number(alpha)
-                case .gelu(let approx):
-                    w.key("approximate")
-                    w.string(approx.rawValue)
-                case .softplus(let beta, let threshold):
-                    w.key("beta")
-                    w.number(beta)
-                    w.key("threshold")
-                    w.number(threshold)
-                default: break
+                for field in a.declaration.fields {
+                    switch a.arguments.values[field.name] {
+                    case .number(let x)?:
+                        w.key(field.name)
+                        w.number(x)
+                    case .choice(let c)?:
+                        w.key(field.name)
+                        w.string(c)
+                    case nil: break
+                    }
                 }
             }
             w.endObject()

@@ -108,7 +108,7 @@ struct TensorFormTests {
             _ = try TensorDecoder.decode(try JSONParser.parse(text), at: "x")
             Issue.record("accepted \(text)")
         } catch let GradError.invalid(issues) {
-            #expect(issues.map(\.path) == [path], "\(issues)")
+            #expect(issues.map(\.place) == [.field(path)], "\(issues)")
         }
     }
 

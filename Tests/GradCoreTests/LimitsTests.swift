@@ -104,7 +104,7 @@ struct LimitsTests {
             Issue.record("accepted a name used for two tensors")
         } catch .invalid(let issues) {
             #expect(issues.count == 1)
-            #expect(issues[0].path == "model.layers[1].weight")
+            #expect(issues[0].place == .field("model.layers[1].weight"))
             #expect(issues[0].message.contains("layers[0].weight"))
         } catch {
             Issue.record("unexpected \(error)")
@@ -117,8 +117,10 @@ struct LimitsTests {
     @Test("a model with more layers than allowed is refused before its layers are decoded")
     func maxLayers() throws {
         let json = #"{"layers": [\#(Array(repeating: #"{"op": "tanh"}"#, count: 5).joined(separator: ","))]}"#
-        #expect(throws: GradError.limitExceeded(path: "model.layers", limit: "--max-layers", message: "the model has 5 layers; this server accepts at most 4"))
-        {
+        #expect(
+            throws: GradError.limitExceeded(
+                place: .field("model.layers"), limit: "--max-layers", message: "the model has 5 layers; this server accepts at most 4")
+        ) {
             try ModelDecoder.decode(try JSONParser.parse(json), maxLayers: 4)
         }
         #expect(try ModelDecoder.decode(try JSONParser.parse(json), maxLayers: 5).layerCount == 5)

@@ -36,6 +36,9 @@ struct ModelValidationTests {
         (#"{"layers": [{"op": "linear", "weight": [[1]]}], "inputs": ["x", "t"]}"#, "model.layers[0].weight"),
         (#"{"layers": [{"op": "gelu", "approximate": "fast"}]}"#, "model.layers[0].approximate"),
         (#"{"layers": [{"op": "softplus", "beta": 0}]}"#, "model.layers[0].beta"),
+        (#"{"layers": [{"op": "elu", "alpha": "big"}]}"#, "model.layers[0].alpha"),
+        (#"{"layers": [{"op": "leaky_relu", "negative_slope": [1]}]}"#, "model.layers[0].negative_slope"),
+        (#"{"layers": [{"op": "gelu", "approximate": 1}]}"#, "model.layers[0].approximate"),
         (#"{"layers": {"op": "relu"}}"#, "model.layers"),
         (#"[1, 2]"#, "model"),
         (#"{"layers": [{"op": "relu"}], "name": "m"}"#, "model.name"),
@@ -47,7 +50,7 @@ struct ModelValidationTests {
             _ = try model(text)
             Issue.record("accepted a bad model: \(text)")
         } catch let GradError.invalid(issues) {
-            #expect(issues.contains { $0.path == path }, "expected an issue at \(path), got \(issues)")
+            #expect(issues.contains { $0.place == .field(path) }, "expected an issue at \(path), got \(issues)")
         }
     }
 
@@ -67,10 +70,10 @@ struct ModelValidationTests {
         guard case .float64(let m) = try model(#"{"dtype": "float64", "inputs": ["x", "t"], "layers": [{"op": "linear", "weight": [[1, 2, 3]]}]}"#) else {
             fatalError()
         }
-        #expect(throws: GradError.invalid("inputs.x", "expected [1, 2] (D = 2 features), got [1, 3]")) {
+        #expect(throws: GradError.invalid(.input(.x), "expected [1, 2] (D = 2 features), got [1, 3]")) {
             try m.forward(Inputs(x: Tensor(zeros: [1, 3]), t: Tensor(zeros: [1])))
         }
-        #expect(throws: GradError.invalid("inputs.t", "required: the model's inputs are [\"x\", \"t\"]")) {
+        #expect(throws: GradError.invalid(.input(.t), "required: the model's inputs are [\"x\", \"t\"]")) {
             try m.forward(Inputs(x: Tensor(zeros: [1, 2])))
         }
         #expect(throws: GradError.self) { try m.vjp(Inputs(x: Tensor(zeros: [2, 2]), t: Tensor(zeros: [2])), gradOutputs: Tensor(zeros: [2, 2])) }

@@ -14,6 +14,7 @@ public enum ToyMLP {
                 })
         }
         var layers: [Layer<S>] = []
+        let selu = OpDeclaration.selu.activation(OpArguments(values: [:]))
         var index = 0
         func linear(_ inF: Int, _ outF: Int) {
             layers.append(
@@ -24,10 +25,10 @@ public enum ToyMLP {
             index += 2
         }
         linear(d + 1, width)
-        layers.append(.activation(.selu))
+        layers.append(.activation(selu))
         for _ in 0..<hidden {
             linear(width, width)
-            layers.append(.activation(.selu))
+            layers.append(.activation(selu))
         }
         linear(width, d)
         return Model(hasT: true, layers: layers, inputWidth: d)

@@ -44,13 +44,13 @@ extension Model {
     /// Paths are the `/v1` request's; front ends rename them.
     public func checkBatchShape(batch b: Int, d: Int) throws(GradError) {
         if b < 1 || d < 1 {
-            throw .invalid("inputs.x", "expected a non-empty [B, D] array, got shape \(Shape.describe([b, d]))")
+            throw .invalid(.input(.x), "expected a non-empty [B, D] array, got shape \(Shape.describe([b, d]))")
         }
         if let w = inputWidth, d != w {
-            throw .invalid("inputs.x", "expected [\(b), \(w)] (D = \(w) features), got \(Shape.describe([b, d]))")
+            throw .invalid(.input(.x), "expected [\(b), \(w)] (D = \(w) features), got \(Shape.describe([b, d]))")
         }
         // A model of activations only takes any D; its widths are D (+1), which must not overflow.
-        if d > Int(Int32.max) { throw .invalid("inputs.x", "D = \(d) features is more than any tensor may hold") }
+        if d > Int(Int32.max) { throw .invalid(.input(.x), "D = \(d) features is more than any tensor may hold") }
     }
 
     /// The plan of `op` on a batch `[B, D]`. Call ``checkBatchShape(batch:d:)`` first.
@@ -75,7 +75,7 @@ extension Model {
             case .linear(let lin):
                 boundary += Count(w[l + 1])
                 linearMACs += Count(lin.inFeatures) * lin.outFeatures
-            case .activation(.identity): break
+            case .activation(let act) where act.isIdentity: break
             case .activation: boundary += Count(w[l + 1]); derivative += Count(w[l])
             }
         }

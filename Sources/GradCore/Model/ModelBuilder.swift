@@ -35,11 +35,11 @@ public struct ModelSpec: Sendable {
     }
 }
 
-/// Turns a ``ModelSpec`` into a ``Model``, reporting every problem with its path.
+/// Turns a ``ModelSpec`` into a ``Model``, reporting every problem at its place in the model.
 public enum ModelBuilder {
     /// Validates `spec` and builds the model in its dtype.
     ///
-    /// - Throws: ``GradError/invalid(_:)`` listing every problem (`layers[3].weight: expected …`).
+    /// - Throws: ``GradError/invalid(_:)`` listing every problem at its ``ModelPlace`` (`layers[3].weight`).
     public static func build(_ spec: ModelSpec) throws(GradError) -> AnyModel {
         switch spec.dtype {
         case .float32: return .float32(try build(spec, as: Float.self))
@@ -54,10 +54,10 @@ public enum ModelBuilder {
         case ["x"]: hasT = false
         case ["x", "t"]: hasT = true
         default:
-            issues.append(FieldIssue(path: "inputs", message: "expected [\"x\"] or [\"x\", \"t\"], got \(spec.inputs)"))
+            issues.append(FieldIssue(.model(.inputs), "expected [\"x\"] or [\"x\", \"t\"], got \(spec.inputs)"))
             hasT = false
         }
-        if spec.layers.isEmpty { issues.append(FieldIssue(path: "layers", message: "must hold at least one layer")) }
+        if spec.layers.isEmpty { issues.append(FieldIssue(.model(.layers), "must hold at least one layer")) }
 
         var layers: [Layer<S>] = []
         var width: Int? = nil  // width flowing into the next layer, once a linear layer fixed it
@@ -67,10 +67,10 @@ public enum ModelBuilder {
         // Parameter names and where they are used: an inline tensor takes the default name
         // `layers.<i>.weight`, which must not also name a `weights` entry (one name, two tensors:
         // gradients would be summed into one entry and two models would share one id).
-        var inlineNames: [String: String] = [:]
-        var namedUses: [String: String] = [:]
+        var inlineNames: [String: ModelPlace] = [:]
+        var namedUses: [String: ModelPlace] = [:]
         for (i, layer) in spec.layers.enumerated() {
-            let path = "layers[\(i)]"
+            func place(_ field: String) -> Place { .model(.layer(i, field: field)) }
             switch layer {
             case .activation(let a):
                 layers.append(.activation(a))
@@ -80,36 +80,34 @@ public enum ModelBuilder {
                 if w.rank != 2 || w.shape.contains(where: { $0 < 1 }) {
                     issues.append(
                         FieldIssue(
-                            path: "\(path).weight", message: "expected a 2-D [out, in] tensor with non-zero extents, got shape \(Shape.describe(w.shape))"))
+                            place("weight"), "expected a 2-D [out, in] tensor with non-zero extents, got shape \(Shape.describe(w.shape))"))
                     ok = false
                 } else if let width, w.shape[1] != width {
                     issues.append(
                         FieldIssue(
-                            path: "\(path).weight",
-                            message:
-                                "expected \(Shape.describe([w.shape[0], width])) (\(width) input features from \(widthSource)), got \(Shape.describe(w.shape))")
+                            place("weight"),
+                            "expected \(Shape.describe([w.shape[0], width])) (\(width) input features from \(widthSource)), got \(Shape.describe(w.shape))")
                     )
                     ok = false
                 } else if width == nil, hasT, w.shape[1] < 2 {
                     issues.append(
                         FieldIssue(
-                            path: "\(path).weight",
-                            message: "with inputs [\"x\", \"t\"] the first linear layer takes D + 1 ≥ 2 inputs, got shape \(Shape.describe(w.shape))"))
+                            place("weight"), "with inputs [\"x\", \"t\"] the first linear layer takes D + 1 ≥ 2 inputs, got shape \(Shape.describe(w.shape))"))
                     ok = false
                 }
                 if let bad = firstNonFinite(w.scalars) {
-                    issues.append(FieldIssue(path: "\(path).weight", message: "non-finite value at flat index \(bad)"))
+                    issues.append(FieldIssue(place("weight"), "non-finite value at flat index \(bad)"))
                     ok = false
                 }
                 var bias: Tensor<S>? = nil
                 if let bSpec {
                     let b = bSpec.tensor.cast(to: S.self)
                     if w.rank == 2, b.shape != [w.shape[0]] {
-                        issues.append(FieldIssue(path: "\(path).bias", message: "expected shape [\(w.shape[0])], got \(Shape.describe(b.shape))"))
+                        issues.append(FieldIssue(place("bias"), "expected shape [\(w.shape[0])], got \(Shape.describe(b.shape))"))
                         ok = false
                     }
                     if let bad = firstNonFinite(b.scalars) {
-                        issues.append(FieldIssue(path: "\(path).bias", message: "non-finite value at flat index \(bad)"))
+                        issues.append(FieldIssue(place("bias"), "non-finite value at flat index \(bad)"))
                         ok = false
                     }
                     bias = b
@@ -117,9 +115,9 @@ public enum ModelBuilder {
                 for (p, spec) in [("weight", Optional(wSpec)), ("bias", bSpec)] {
                     guard let spec else { continue }
                     if let name = spec.name {
-                        if namedUses[name] == nil { namedUses[name] = "\(path).\(p)" }
+                        if namedUses[name] == nil { namedUses[name] = .layer(i, field: p) }
                     } else {
-                        inlineNames["layers.\(i).\(p)"] = "\(path).\(p)"
+                        inlineNames["layers.\(i).\(p)"] = .layer(i, field: p)
                     }
                 }
                 for (p, name, shape) in [("weight", wSpec.name, w.shape), ("bias", bSpec?.name, bSpec?.tensor.shape ?? [])] {
@@ -127,8 +125,7 @@ public enum ModelBuilder {
                     if let prior = sharedShapes[name], prior != shape {
                         issues.append(
                             FieldIssue(
-                                path: "\(path).\(p)",
-                                message: "weights entry \"\(name)\" is used with shapes \(Shape.describe(prior)) and \(Shape.describe(shape))"))
+                                place(p), "weights entry \"\(name)\" is used with shapes \(Shape.describe(prior)) and \(Shape.describe(shape))"))
                         ok = false
                     }
                     sharedShapes[name] = shape
@@ -136,7 +133,7 @@ public enum ModelBuilder {
                 if w.rank == 2 {
                     if width == nil { inputWidth = w.shape[1] - (hasT ? 1 : 0) }
                     width = w.shape[0]
-                    widthSource = "\(path) (out = \(w.shape[0]))"
+                    widthSource = "layers[\(i)] (out = \(w.shape[0]))"
                 }
                 if ok {
                     layers.append(
@@ -152,9 +149,8 @@ public enum ModelBuilder {
             guard let namedPath = namedUses[name] else { continue }
             issues.append(
                 FieldIssue(
-                    path: namedPath,
-                    message:
-                        "names weights entry \"\(name)\", which is also the name of the inline tensor at \(inlinePath); rename the weights entry (one name, one tensor)"
+                    .model(namedPath),
+                    "names weights entry \"\(name)\", which is also the name of the inline tensor at \(inlinePath.path); rename the weights entry (one name, one tensor)"
                 ))
         }
         if !issues.isEmpty { throw .invalid(issues) }

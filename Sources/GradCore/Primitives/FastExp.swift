@@ -11,14 +11,6 @@ func fastExp<S: BLASScalar>(_ x: S) -> S {
     return S.exp(x)
 }
 
-/// `eˣ − 1`, exact near 0 for `Double` (libm); for `Float` the cancellation of `eˣ − 1` costs at
-/// most one ulp of 1 (6e-8) in absolute terms.
-@inline(__always)
-func fastExpMinusOne<S: BLASScalar>(_ x: S) -> S {
-    if S.self == Float.self { return unsafeBitCast(fastExpFloat(unsafeBitCast(x, to: Float.self)) - 1, to: S.self) }
-    return S.expMinusOne(x)
-}
-
 @inline(__always)
 func fastExpFloat(_ x: Float) -> Float {
     let x = Swift.min(Swift.max(x, -87.33654), 88.0)

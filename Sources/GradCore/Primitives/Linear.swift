@@ -1,3 +1,13 @@
+extension OpDeclaration {
+    /// `linear`: its fields are parameters (tensors or `weights` names), so it has no kernel.
+    static let linear = OpDeclaration(
+        parametric: "linear", formula: "x Wᵀ + b", pytorch: "nn.Linear",
+        fields: [
+            .parameter("weight", required: true, "[out, in] tensor, or the name of a weights entry"),
+            .parameter("bias", required: false, "[out] tensor, or the name of a weights entry; absent for bias=False"),
+        ])
+}
+
 /// `linear`: `y = x Wᵀ + b` with PyTorch's layout, weight `[out, in]`, bias `[out]`.
 ///
 /// Forward, VJP and JVP rules side by side. Every product is one GEMM over all `K·B` rows,

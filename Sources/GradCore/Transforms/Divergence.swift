@@ -13,7 +13,7 @@ extension Model {
         let d = inputs.width
         let dOut = outputWidth(d: d)
         if dOut != d {
-            throw .invalid("model", "divergence needs as many outputs as x features (D' = D), got D' = \(dOut), D = \(d)")
+            throw .invalid(.model(nil), "divergence needs as many outputs as x features (D' = D), got D' = \(dOut), D = \(d)")
         }
         if method == .exact, let chunks = Parallel.chunks(inputs.batch) {
             return .concatenate(try Parallel.map(chunks) { (r) throws(GradError) in try divergence(inputs.rows(r), method: .exact, split: false) })
@@ -31,7 +31,7 @@ extension Model {
             if cyclic, let traces = try cyclicTrace(tr) { return Tensor(shape: [inputs.batch], scalars: traces) }
             return Tensor(shape: [inputs.batch], scalars: try jacobianTrace(tr))
         case .hutchinson(let probes, let seed):
-            if probes < 1 { throw .invalid("probes", "must be at least 1, got \(probes)") }
+            if probes < 1 { throw .invalid(.probes, "must be at least 1, got \(probes)") }
             return Tensor(shape: [inputs.batch], scalars: try hutchinson(tr, probes: probes, seed: seed))
         }
     }

@@ -70,7 +70,7 @@ extension Model {
                     h.withUnsafeBufferPointer { lin.forward($0.baseAddress!, rows: b, into: y.baseAddress!) }
                     count = n
                 }
-            case .activation(.identity):
+            case .activation(let act) where act.isIdentity:
                 derivatives.append(nil)
             case .activation(let act):
                 var dv: [S]? = nil

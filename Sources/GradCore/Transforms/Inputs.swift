@@ -18,34 +18,34 @@ public struct Inputs<S: BLASScalar>: Sendable {
 }
 
 extension Model {
-    /// Checks `inputs` against the model; paths are the request's (`inputs.x`, `inputs.t`).
+    /// Checks `inputs` against the model; problems are placed at ``Place/input(_:)``.
     func validate(_ inputs: Inputs<S>) throws(GradError) {
         var issues: [FieldIssue] = []
         let x = inputs.x
         if x.rank != 2 || x.shape[0] < 1 || x.shape[1] < 1 {
-            issues.append(FieldIssue(path: "inputs.x", message: "expected a non-empty [B, D] array, got shape \(Shape.describe(x.shape))"))
+            issues.append(FieldIssue(.input(.x), "expected a non-empty [B, D] array, got shape \(Shape.describe(x.shape))"))
         } else if let d = inputWidth, x.shape[1] != d {
-            issues.append(FieldIssue(path: "inputs.x", message: "expected [\(x.shape[0]), \(d)] (D = \(d) features), got \(Shape.describe(x.shape))"))
+            issues.append(FieldIssue(.input(.x), "expected [\(x.shape[0]), \(d)] (D = \(d) features), got \(Shape.describe(x.shape))"))
         }
         if hasT {
             if let t = inputs.t {
                 if x.rank == 2, t.shape != [x.shape[0]] {
-                    issues.append(FieldIssue(path: "inputs.t", message: "expected shape [\(x.shape[0])] (one t per sample), got \(Shape.describe(t.shape))"))
+                    issues.append(FieldIssue(.input(.t), "expected shape [\(x.shape[0])] (one t per sample), got \(Shape.describe(t.shape))"))
                 }
             } else {
-                issues.append(FieldIssue(path: "inputs.t", message: "required: the model's inputs are [\"x\", \"t\"]"))
+                issues.append(FieldIssue(.input(.t), "required: the model's inputs are [\"x\", \"t\"]"))
             }
         } else if inputs.t != nil {
-            issues.append(FieldIssue(path: "inputs.t", message: "the model has no t input (its inputs are [\"x\"])"))
+            issues.append(FieldIssue(.input(.t), "the model has no t input (its inputs are [\"x\"])"))
         }
-        if let issue = nonFinite(x, at: "inputs.x") { issues.append(issue) }
-        if let t = inputs.t, let issue = nonFinite(t, at: "inputs.t") { issues.append(issue) }
+        if let issue = nonFinite(x, at: .input(.x)) { issues.append(issue) }
+        if let t = inputs.t, let issue = nonFinite(t, at: .input(.t)) { issues.append(issue) }
         if !issues.isEmpty { throw .invalid(issues) }
     }
 
     /// A finite value can still overflow when cast to float32 (`1e300`); refuse it by name.
-    func nonFinite(_ t: Tensor<S>, at path: String) -> FieldIssue? {
+    func nonFinite(_ t: Tensor<S>, at place: Place) -> FieldIssue? {
         guard let i = FiniteCheck.firstNonFinite(t.scalars) else { return nil }
-        return FieldIssue(path: path, message: "the value at flat index \(i) is not finite in \(S.dtype.rawValue) (|v| above \(S.greatestFiniteMagnitude))")
+        return FieldIssue(place, "the value at flat index \(i) is not finite in \(S.dtype.rawValue) (|v| above \(S.greatestFiniteMagnitude))")
     }
 }

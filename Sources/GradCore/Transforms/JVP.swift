@@ -36,7 +36,7 @@ extension Model {
         let b = inputs.batch
         let d = inputs.width
         if tangentT != nil, !hasT {
-            throw .invalid("tangents.t", "the model has no t input (its inputs are [\"x\"])")
+            throw .invalid(.tangent(.t), "the model has no t input (its inputs are [\"x\"])")
         }
         var issues: [FieldIssue] = []
         var kx: Int? = nil
@@ -47,7 +47,7 @@ extension Model {
             } else if u.rank == 3, u.shape[1] == b, u.shape[2] == d, u.shape[0] >= 1 {
                 kx = u.shape[0]
             } else {
-                issues.append(FieldIssue(path: "tangents.x", message: "expected [\(b), \(d)] or [K, \(b), \(d)] like inputs.x, got \(Shape.describe(u.shape))"))
+                issues.append(FieldIssue(.tangent(.x), "expected [\(b), \(d)] or [K, \(b), \(d)] like the input x, got \(Shape.describe(u.shape))"))
             }
         }
         if let u = tangentT {
@@ -56,19 +56,18 @@ extension Model {
             } else if u.rank == 2, u.shape[1] == b, u.shape[0] >= 1 {
                 kt = u.shape[0]
             } else {
-                issues.append(FieldIssue(path: "tangents.t", message: "expected [\(b)] or [K, \(b)] like inputs.t, got \(Shape.describe(u.shape))"))
+                issues.append(FieldIssue(.tangent(.t), "expected [\(b)] or [K, \(b)] like the input t, got \(Shape.describe(u.shape))"))
             }
         }
         if let kx, let kt, kx != kt {
             issues.append(
                 FieldIssue(
-                    path: "tangents",
-                    message:
-                        "tangents.x and tangents.t must agree on K (unbatched or the same leading K), got \(Shape.describe(tangentX!.shape)) and \(Shape.describe(tangentT!.shape))"
+                    .tangent(nil),
+                    "the tangents of x and t must agree on K (unbatched or the same leading K), got \(Shape.describe(tangentX!.shape)) and \(Shape.describe(tangentT!.shape))"
                 ))
         }
-        if let u = tangentX, let issue = nonFinite(u, at: "tangents.x") { issues.append(issue) }
-        if let u = tangentT, let issue = nonFinite(u, at: "tangents.t") { issues.append(issue) }
+        if let u = tangentX, let issue = nonFinite(u, at: .tangent(.x)) { issues.append(issue) }
+        if let u = tangentT, let issue = nonFinite(u, at: .tangent(.t)) { issues.append(issue) }
         if !issues.isEmpty { throw .invalid(issues) }
         let kLead = max(kx ?? 0, kt ?? 0)
         let k = max(kLead, 1)

@@ -104,9 +104,9 @@ extension Model {
     }
 
     func jacobianSerial(_ inputs: Inputs<S>, wrt: Set<GradTarget>, mode: JacobianMode) throws(GradError) -> JacobianResult<S> {
-        if wrt.contains(.params) { throw .invalid("wrt", "a Jacobian is taken with respect to x and/or t, not params") }
-        if wrt.isEmpty { throw .invalid("wrt", "must name x and/or t") }
-        if wrt.contains(.t), !hasT { throw .invalid("wrt", "t is not an input of this model (its inputs are [\"x\"])") }
+        if wrt.contains(.params) { throw .invalid(.wrt, "a Jacobian is taken with respect to x and/or t, not params") }
+        if wrt.isEmpty { throw .invalid(.wrt, "must name x and/or t") }
+        if wrt.contains(.t), !hasT { throw .invalid(.wrt, "t is not an input of this model (its inputs are [\"x\"])") }
         let wantX = wrt.contains(.x)
         let wantT = wrt.contains(.t)
         let b = inputs.batch

@@ -51,16 +51,16 @@ extension Model {
         _ inputs: Inputs<S>, gradOutputs v: Tensor<S>, isGradsBatched: Bool, wrt: Set<GradTarget>, returnOutputs: Bool
     ) throws(GradError) -> VJPResult<S> {
         if wrt.contains(.t), !hasT {
-            throw .invalid("wrt", "t is not an input of this model (its inputs are [\"x\"])")
+            throw .invalid(.wrt, "t is not an input of this model (its inputs are [\"x\"])")
         }
         let b = inputs.batch
         let dOut = outputWidth(d: inputs.width)
         let expected = isGradsBatched ? [v.shape.first ?? 0, b, dOut] : [b, dOut]
         if v.shape != expected || (isGradsBatched && expected[0] < 1) {
             let want = isGradsBatched ? "[K, \(b), \(dOut)] with K ≥ 1" : Shape.describe(expected)
-            throw .invalid("grad_outputs", "expected shape \(want) to match outputs [\(b), \(dOut)], got \(Shape.describe(v.shape))")
+            throw .invalid(.cotangent, "expected shape \(want) to match outputs [\(b), \(dOut)], got \(Shape.describe(v.shape))")
         }
-        if let issue = nonFinite(v, at: "grad_outputs") { throw .invalid([issue]) }
+        if let issue = nonFinite(v, at: .cotangent) { throw .invalid([issue]) }
         let k = isGradsBatched ? v.shape[0] : 1
         let tr = try trace(inputs, derivatives: true, outputs: returnOutputs, concatenatedInput: wrt.contains(.params))
         var params: ParameterGradients<S>? = wrt.contains(.params) ? ParameterGradients(k: k) : nil

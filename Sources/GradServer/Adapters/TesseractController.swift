@@ -231,25 +231,6 @@ struct TesseractEndpoints {
     let job: Job
 
     func run(_ endpoint: String, into w: inout JSONWriter) throws {
-        do {
-            try runChecked(endpoint, into: &w)
-        } catch .invalid(let issues) as GradError {
-            // The core names fields as /v1 does; say them as Tesseract does.
-            throw GradError.invalid(issues.map { FieldIssue(path: Self.tesseractPath($0.path), message: $0.message) })
-        }
-    }
-
-    static func tesseractPath(_ path: String) -> String {
-        for (core, tesseract) in [
-            ("grad_outputs", "cotangent_vector.y"), ("tangents.", "tangent_vector."), ("tangents", "tangent_vector"), ("wrt", "jac_inputs"),
-        ]
-        where path.hasPrefix(core) {
-            return tesseract + path.dropFirst(core.count)
-        }
-        return path
-    }
-
-    private func runChecked(_ endpoint: String, into w: inout JSONWriter) throws {
         let allowed: Set<String> =
             switch endpoint {
             case "vector_jacobian_product": ["inputs", "vjp_inputs", "vjp_outputs", "cotangent_vector"]
@@ -433,15 +414,12 @@ struct TesseractErrorMiddleware<Context: RequestContext>: RouterMiddleware {
         do {
             return try await next(request, context)
         } catch let error as GradError {
-            let issues: [FieldIssue]
+            let issues: [(place: Place, message: String)]
             switch error {
-            case .invalid(let list): issues = list
-            case .outputTooLarge(let path, let elements, let limit):
-                issues = [
-                    FieldIssue(path: path, message: "the answer would hold \(elements) numbers, above the server's limit of \(limit) (--max-output-elements)")
-                ]
-            case .limitExceeded(let path, let limit, let message):
-                issues = [FieldIssue(path: TesseractEndpoints.tesseractPath(path), message: "\(message) (\(limit))")]
+            case .invalid(let list): issues = list.map { ($0.place, $0.message) }
+            case .outputTooLarge(let place, let elements, let limit):
+                issues = [(place, "the answer would hold \(elements) numbers, above the server's limit of \(limit) (--max-output-elements)")]
+            case .limitExceeded(let place, let limit, let message): issues = [(place, "\(message) (\(limit))")]
             case .deadlineExceeded, .cancelled: throw error
             }
             var w = JSONWriter()
@@ -455,7 +433,7 @@ struct TesseractErrorMiddleware<Context: RequestContext>: RouterMiddleware {
                 w.key("loc")
                 w.beginArray()
                 w.string("body")
-                for part in issue.path.split(separator: ".") { w.string(String(part)) }
+                for part in PlaceNames.tesseract(issue.place).split(separator: ".") { w.string(String(part)) }
                 w.endArray()
                 w.key("msg")
                 w.string(issue.message)

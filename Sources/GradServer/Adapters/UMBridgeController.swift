@@ -72,21 +72,12 @@ struct UMBridgeEndpoints {
         do {
             try runChecked(route, into: &w)
         } catch .invalid(let issues) as GradError {
-            // The core names fields as /v1 does; say them as UM-Bridge does.
-            throw UMBridgeError(type: "InvalidInput", message: issues.map { "\(Self.umbridgeName($0.path)): \($0.message)" }.joined(separator: "; "))
+            throw UMBridgeError(type: "InvalidInput", message: issues.map { "\(PlaceNames.umbridge($0.place)): \($0.message)" }.joined(separator: "; "))
         } catch .outputTooLarge(_, let elements, let limit) as GradError {
             throw UMBridgeError(type: "InvalidInput", message: "the answer would hold \(elements) numbers, above the server's limit of \(limit)")
         } catch .limitExceeded(_, let limit, let message) as GradError {
             throw UMBridgeError(type: "InvalidInput", message: "\(message) (\(limit))")
         }
-    }
-
-    static func umbridgeName(_ path: String) -> String {
-        for (core, name) in [("inputs.x", "input[0]"), ("inputs.t", "input[1]"), ("grad_outputs", "sens"), ("tangents.x", "vec"), ("tangents.t", "vec")]
-        where path.hasPrefix(core) {
-            return name
-        }
-        return path
     }
 
     private func runChecked(_ route: String, into w: inout JSONWriter) throws {
@@ -254,7 +245,7 @@ struct UMBridgeErrorMiddleware<Context: RequestContext>: RouterMiddleware {
         } catch let e as UMBridgeError {
             return Self.error(e.type, e.message, e.status)
         } catch {
-            let problem = Problem.from(error)
+            let problem = Problem.from(error, names: .umbridge)
             let type: String =
                 switch problem?.status {
                 case .unauthorized?: "Unauthorized"
@@ -263,7 +254,8 @@ struct UMBridgeErrorMiddleware<Context: RequestContext>: RouterMiddleware {
                 case .badRequest?, .unprocessableContent?, .contentTooLarge?: "InvalidInput"
                 default: "InternalError"
                 }
-            let message = problem.map { p in p.errors.isEmpty ? p.detail : p.errors.map(\.description).joined(separator: "; ") } ?? "internal error"
+            let message =
+                problem.map { p in p.errors.isEmpty ? p.detail : p.errors.map { "\($0.path): \($0.message)" }.joined(separator: "; ") } ?? "internal error"
             let status: HTTPResponse.Status = problem?.status == .unprocessableContent ? .badRequest : (problem?.status ?? .internalServerError)
             return Self.error(type, message, status, headers: problem?.headers ?? [:])
         }

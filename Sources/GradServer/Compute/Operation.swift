@@ -127,7 +127,7 @@ struct OperationRunner: Sendable {
             guard let entry = registry.get(id) else {
                 throw Problem(
                     .notFound, title: "Unknown model", detail: "no registered model has id \(id)",
-                    errors: [FieldIssue(path: "model", message: "unknown model id \"\(id)\"; register it with POST /v1/models")])
+                    errors: [(path: "model", message: "unknown model id \"\(id)\"; register it with POST /v1/models")])
             }
             return entry.model
         case let v?:

@@ -76,7 +76,7 @@ struct ModelsController: Sendable {
     }
 
     private func unknown(_ id: String) -> Problem {
-        Problem(.notFound, title: "Unknown model", detail: "no registered model has id \(id)", errors: [FieldIssue(path: "id", message: "unknown model id")])
+        Problem(.notFound, title: "Unknown model", detail: "no registered model has id \(id)", errors: [(path: "id", message: "unknown model id")])
     }
 
     private func json(_ bytes: [UInt8]) -> Response {

@@ -11,13 +11,15 @@ public struct Problem: Error, HTTPResponseError, Sendable {
     public var title: String
     /// What happened in this request.
     public var detail: String
-    /// Per-field problems (`path` in the request's own names).
-    public var errors: [FieldIssue]
+    /// Per-field problems, each with its path in the request's own names.
+    public var errors: [(path: String, message: String)]
     /// Extra headers (`Retry-After`, `Allow`, `WWW-Authenticate`).
     public var headers: HTTPFields
 
     /// Creates a problem.
-    public init(_ status: HTTPResponse.Status, title: String, detail: String, errors: [FieldIssue] = [], headers: HTTPFields = [:]) {
+    public init(
+        _ status: HTTPResponse.Status, title: String, detail: String, errors: [(path: String, message: String)] = [], headers: HTTPFields = [:]
+    ) {
         self.status = status
         self.title = title
         self.detail = detail
@@ -63,24 +65,27 @@ public struct Problem: Error, HTTPResponseError, Sendable {
 }
 
 extension Problem {
-    /// Invalid content (422) listing every field problem.
-    static func invalid(_ issues: [FieldIssue]) -> Problem {
-        let detail = issues.count == 1 ? issues[0].description : "\(issues.count) problems: " + issues.map(\.description).joined(separator: "; ")
-        return Problem(.unprocessableContent, title: "Invalid request content", detail: detail, errors: issues)
+    /// Invalid content (422) listing every field problem, with places spelled by `names`.
+    static func invalid(_ issues: [FieldIssue], names: PlaceNames = .v1) -> Problem {
+        let errors = issues.map { (path: names($0.place), message: $0.message) }
+        let described = errors.map { "\($0.path): \($0.message)" }
+        let detail = described.count == 1 ? described[0] : "\(described.count) problems: " + described.joined(separator: "; ")
+        return Problem(.unprocessableContent, title: "Invalid request content", detail: detail, errors: errors)
     }
 
-    /// Maps any error to the problem the client sees; nil for errors that are the service's fault.
-    static func from(_ error: any Error) -> Problem? {
+    /// Maps any error to the problem the client sees, with places spelled by `names`; nil for
+    /// errors that are the service's fault.
+    static func from(_ error: any Error, names: PlaceNames = .v1) -> Problem? {
         switch error {
         case let p as Problem: return p
         case let e as GradError:
             switch e {
-            case .invalid(let issues): return .invalid(issues)
-            case .outputTooLarge(let path, let elements, let limit):
+            case .invalid(let issues): return .invalid(issues, names: names)
+            case .outputTooLarge(let place, let elements, let limit):
                 return Problem(
                     .unprocessableContent, title: "Answer too large",
                     detail: "the answer would hold \(elements) numbers, above the output limit of \(limit) (--max-output-elements)",
-                    errors: [FieldIssue(path: path, message: "would produce \(elements) numbers; the limit is \(limit)")])
+                    errors: [(names(place), "would produce \(elements) numbers; the limit is \(limit)")])
             case .deadlineExceeded:
                 return Problem(
                     .gatewayTimeout, title: "Deadline exceeded",
@@ -88,10 +93,10 @@ extension Problem {
             case .cancelled:
                 // Nobody reads this answer (the client went away); 499 is nginx's "client closed request".
                 return Problem(HTTPResponse.Status(code: 499, reasonPhrase: "Client Closed Request"), title: "Cancelled", detail: "the client went away")
-            case .limitExceeded(let path, let limit, let message):
+            case .limitExceeded(let place, let limit, let message):
                 return Problem(
                     .unprocessableContent, title: "Request exceeds a limit", detail: "\(message) (\(limit))",
-                    errors: [FieldIssue(path: path, message: "\(message) (\(limit))")])
+                    errors: [(names(place), "\(message) (\(limit))")])
             }
         case is NIOTooManyBytesError:
             return Problem(.contentTooLarge, title: "Body too large", detail: "the request body is larger than the server's limit (--max-body-bytes)")

@@ -119,13 +119,13 @@ final class Job: @unchecked Sendable {
     /// budget, before anything large is allocated.
     ///
     /// - Parameters:
-    ///   - path: the field that drives the size (named in a 422).
+    ///   - path: the field that drives the size, in the front end's own terms (named in a 422).
     ///   - answerElements: the numbers the answer holds when the front end writes something else
     ///     than the core's result (Tesseract's block-diagonal Jacobian); `extraBytes` what that takes.
     ///   - inputElements: request tensors still to be decoded or cast into the model's dtype.
     ///   - answerBytesPerNumber: the encoding's bytes per number (JSON text ~25, base64 ~11, binary 4 or 8).
-    /// - Throws: 422 (``GradError/outputTooLarge(path:elements:limit:)``,
-    ///   ``GradError/limitExceeded(path:limit:message:)``) or 503 when the budget has no room now.
+    /// - Throws: 422 (``GradError/outputTooLarge(place:elements:limit:)``,
+    ///   ``GradError/limitExceeded(place:limit:message:)``) or 503 when the budget has no room now.
     func admit(
         _ plan: ResourcePlan, path: String, answerElements: Count? = nil, extraBytes: Count = .zero, inputElements: Count = .zero,
         answerBytesPerNumber: Int = 25
@@ -133,12 +133,12 @@ final class Job: @unchecked Sendable {
         let c = configuration
         let outputs = answerElements ?? plan.outputElements
         if outputs.value > c.maxOutputElements {
-            throw GradError.outputTooLarge(path: path, elements: outputs.value, limit: c.maxOutputElements)
+            throw GradError.outputTooLarge(place: .field(path), elements: outputs.value, limit: c.maxOutputElements)
         }
         let gflop = plan.flops.double / 1e9
         if gflop > c.maxRequestGFLOP {
             throw GradError.limitExceeded(
-                path: path, limit: "--max-request-gflop",
+                place: .field(path), limit: "--max-request-gflop",
                 message:
                     "the computation needs \(Self.figure(gflop)) GFLOP, above this server's limit of \(Self.figure(c.maxRequestGFLOP)) GFLOP per request; split the batch"
             )
@@ -149,7 +149,7 @@ final class Job: @unchecked Sendable {
         let peak = working + Count(body.readableBytes)
         if peak.value > c.maxRequestMemory {
             throw GradError.limitExceeded(
-                path: path, limit: "--max-request-memory",
+                place: .field(path), limit: "--max-request-memory",
                 message:
                     "the computation would hold about \(peak.bytesDescription) at its peak (body, tensors, intermediates such as hidden layers of width \(Self.figure(Double(plan.widest))) and the answer), above this server's limit of \(Count(c.maxRequestMemory).bytesDescription) per request; split the batch"
             )
