@@ -10,6 +10,7 @@ public struct JSONParseError: Error, Sendable, Equatable, CustomStringConvertibl
     public var offset: Int
     /// What is wrong.
     public var message: String
+    /// The offset and what was expected there.
     public var description: String { "invalid JSON at byte \(offset): \(message)" }
 }
 

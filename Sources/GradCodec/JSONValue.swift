@@ -41,6 +41,7 @@ public struct JSONObject: Sendable, Equatable {
     /// The keys in document order.
     public var keys: [String] { entries.map(\.key) }
 
+    /// Equal entries in the same order.
     public static func == (a: JSONObject, b: JSONObject) -> Bool {
         a.entries.count == b.entries.count && zip(a.entries, b.entries).allSatisfy { $0.key == $1.key && $0.value == $1.value }
     }

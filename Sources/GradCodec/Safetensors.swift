@@ -5,7 +5,9 @@ import GradCore
 public enum Safetensors {
     /// A parsed file: tensors by name and the `__metadata__` strings.
     public struct File: Sendable {
+        /// The tensors by name.
         public var tensors: [String: AnyTensor]
+        /// The `__metadata__` entries.
         public var metadata: [String: String]
     }
 

@@ -76,6 +76,7 @@ public struct FieldIssue: Sendable, Equatable, CustomStringConvertible {
         self.init(.field(path), message)
     }
 
+    /// `place: message`.
     public var description: String { "\(place): \(message)" }
 }
 
@@ -103,6 +104,7 @@ public enum GradError: Error, Sendable, Equatable, CustomStringConvertible {
         .invalid([FieldIssue(path: path, message: message)])
     }
 
+    /// The problem in one line.
     public var description: String {
         switch self {
         case .invalid(let issues): issues.map(\.description).joined(separator: "; ")

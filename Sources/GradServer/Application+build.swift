@@ -117,6 +117,8 @@ struct ComputePoolService: Service {
 
 /// A configuration problem found while starting (a certificate that cannot be read, …).
 public struct StartupError: Error, CustomStringConvertible {
+    /// What is wrong with the configuration, naming the flag.
     public var message: String
+    /// The message.
     public var description: String { message }
 }

@@ -56,6 +56,7 @@ public struct ServerConfiguration: Sendable {
     public var maxRegistryBytes = 4 << 30
     /// PEM certificate chain and private key: with both, the server speaks HTTPS only.
     public var tlsCertificatePath: String?
+    /// PEM private key for `tlsCertificatePath`; nil serves plain HTTP.
     public var tlsKeyPath: String?
 
     /// The defaults.

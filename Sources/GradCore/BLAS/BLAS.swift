@@ -26,7 +26,9 @@ where RawSignificand: FixedWidthInteger {
 private func cblasTranspose(_ t: Bool) -> CBLAS_TRANSPOSE { t ? CblasTrans : CblasNoTrans }
 
 extension Float: BLASScalar {
+    /// `float32`.
     public static var dtype: DType { .float32 }
+    /// `cblas_sgemm`, row-major.
     @inline(__always)
     public static func rawGEMM(
         _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float,
@@ -37,6 +39,7 @@ extension Float: BLASScalar {
             CblasRowMajor, cblasTranspose(transA), cblasTranspose(transB), Int32(m), Int32(n), Int32(k),
             alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
+    /// `cblas_sgemv`, row-major.
     @inline(__always)
     public static func rawGEMV(
         _ transA: Bool, _ m: Int, _ n: Int, _ alpha: Float, _ a: UnsafePointer<Float>, _ lda: Int,
@@ -49,7 +52,9 @@ extension Float: BLASScalar {
 }
 
 extension Double: BLASScalar {
+    /// `float64`.
     public static var dtype: DType { .float64 }
+    /// `cblas_dgemm`, row-major.
     @inline(__always)
     public static func rawGEMM(
         _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Double,
@@ -60,6 +65,7 @@ extension Double: BLASScalar {
             CblasRowMajor, cblasTranspose(transA), cblasTranspose(transB), Int32(m), Int32(n), Int32(k),
             alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
     }
+    /// `cblas_dgemv`, row-major.
     @inline(__always)
     public static func rawGEMV(
         _ transA: Bool, _ m: Int, _ n: Int, _ alpha: Double, _ a: UnsafePointer<Double>, _ lda: Int,
@@ -73,10 +79,15 @@ extension Double: BLASScalar {
 
 /// A read-only row-major matrix view: `rows × cols` with `stride` elements between rows.
 public struct MatrixView<S: BLASScalar> {
+    /// First element.
     public let base: UnsafePointer<S>
+    /// Rows.
     public let rows: Int
+    /// Columns.
     public let cols: Int
+    /// Elements between the starts of consecutive rows.
     public let stride: Int
+    /// A view of `rows × cols` at `base`; `stride` defaults to `cols`.
     @inline(__always)
     public init(_ base: UnsafePointer<S>, rows: Int, cols: Int, stride: Int? = nil) {
         self.base = base
@@ -88,10 +99,15 @@ public struct MatrixView<S: BLASScalar> {
 
 /// A writable row-major matrix view.
 public struct MutableMatrixView<S: BLASScalar> {
+    /// First element.
     public let base: UnsafeMutablePointer<S>
+    /// Rows.
     public let rows: Int
+    /// Columns.
     public let cols: Int
+    /// Elements between the starts of consecutive rows.
     public let stride: Int
+    /// A view of `rows × cols` at `base`; `stride` defaults to `cols`.
     @inline(__always)
     public init(_ base: UnsafeMutablePointer<S>, rows: Int, cols: Int, stride: Int? = nil) {
         self.base = base

@@ -1,6 +1,8 @@
 /// A timing report: the machine and one result per workload and method.
 public struct BenchmarkReport: Sendable, Codable, Equatable {
+    /// Where it ran.
     public var machine: MachineInfo
+    /// One timing per workload.
     public var results: [TimingResult]
 
     /// Creates a report.

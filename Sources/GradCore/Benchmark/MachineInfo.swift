@@ -6,11 +6,15 @@
 public struct MachineInfo: Sendable, Codable, Equatable {
     /// The BLAS library in use.
     public struct BLASInfo: Sendable, Codable, Equatable {
+        /// `OpenBLAS`.
         public var library: String
+        /// Its version.
         public var version: String
+        /// The CPU kernel set it chose.
         public var core: String
         /// OpenBLAS threads per call during the workloads.
         public var threads: Int
+        /// Its build configuration string.
         public var config: String
     }
 
@@ -18,6 +22,7 @@ public struct MachineInfo: Sendable, Codable, Equatable {
     public var cpu: String
     /// Logical processors available.
     public var cores: Int
+    /// The BLAS library in use.
     public var blas: BLASInfo
     /// Best float32 GEMM rate measured here at `blas.threads` threads (GFLOP/s).
     public var peakGFLOPs: Double

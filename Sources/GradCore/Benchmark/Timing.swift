@@ -12,8 +12,11 @@ public struct TimingResult: Sendable, Codable, Equatable {
     public var iterations: Int
     /// Seconds of all timed iterations.
     public var totalSeconds: Double
+    /// Fastest iteration.
     public var minMs: Double
+    /// Median iteration.
     public var medianMs: Double
+    /// 95th-percentile iteration.
     public var p95Ms: Double
     /// Achieved GFLOP/s at the median, when the FLOP count is known.
     public var gflops: Double?

@@ -23,6 +23,7 @@ public final class Cancellation: Sendable {
 
     private let state = Atomic<Int>(0)
 
+    /// A token that is neither cancelled nor past a deadline.
     public init() {}
 
     /// Asks the computation to stop (the first reason given wins).

@@ -10,6 +10,7 @@ public struct Count: Sendable, Hashable, Comparable, CustomStringConvertible {
 
     /// The saturated value.
     public static let overflow = Count(exactly: .max)
+    /// Zero, exactly.
     public static let zero = Count(exactly: 0)
 
     private init(exactly v: Int) { value = v }
@@ -23,6 +24,7 @@ public struct Count: Sendable, Hashable, Comparable, CustomStringConvertible {
     /// The product of `factors` (empty: 1).
     public static func product(_ factors: [Int]) -> Count { factors.reduce(Count(1)) { $0 * $1 } }
 
+    /// The product, saturating at overflow.
     public static func * (a: Count, b: Count) -> Count {
         if a.value == 0 || b.value == 0 { return .zero }
         if a.overflowed || b.overflowed { return .overflow }
@@ -30,18 +32,23 @@ public struct Count: Sendable, Hashable, Comparable, CustomStringConvertible {
         return o ? .overflow : Count(exactly: p)
     }
 
+    /// The product, saturating at overflow.
     public static func * (a: Count, b: Int) -> Count { a * Count(b) }
 
+    /// The sum, saturating at overflow.
     public static func + (a: Count, b: Count) -> Count {
         if a.overflowed || b.overflowed { return .overflow }
         let (s, o) = a.value.addingReportingOverflow(b.value)
         return o ? .overflow : Count(exactly: s)
     }
 
+    /// The sum, saturating at overflow.
     public static func + (a: Count, b: Int) -> Count { a + Count(b) }
 
+    /// Adds in place, saturating at overflow.
     public static func += (a: inout Count, b: Count) { a = a + b }
 
+    /// Orders by value (an overflowed count is the largest).
     public static func < (a: Count, b: Count) -> Bool { a.value < b.value }
 
     /// The larger of two counts.
@@ -50,6 +57,7 @@ public struct Count: Sendable, Hashable, Comparable, CustomStringConvertible {
     /// As a Double (for FLOPs and messages); `.infinity` when saturated.
     public var double: Double { overflowed ? .infinity : Double(value) }
 
+    /// The value, or "more than Int.max" after overflow.
     public var description: String { overflowed ? "more than \(Int.max)" : "\(value)" }
 
     /// Bytes, said for people: `1.5 GiB`.

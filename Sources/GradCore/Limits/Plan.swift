@@ -18,6 +18,7 @@ public struct ResourcePlan: Sendable, Equatable {
     /// The widest layer boundary (for messages).
     public var widest: Int = 0
 
+    /// Creates a plan.
     public init(outputElements: Count, peakBytes: Count, flops: Count) {
         self.outputElements = outputElements
         self.peakBytes = peakBytes

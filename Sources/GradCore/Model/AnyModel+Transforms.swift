@@ -4,7 +4,9 @@
 extension AnyModel {
     /// Inputs of any dtype.
     public struct Arguments: Sendable {
+        /// `[B, D]`.
         public var x: AnyTensor
+        /// `[B]`, for models with t.
         public var t: AnyTensor?
         /// Creates arguments.
         public init(x: AnyTensor, t: AnyTensor? = nil) {
@@ -15,23 +17,33 @@ extension AnyModel {
 
     /// A VJP answer.
     public struct VJP: Sendable {
+        /// `[B, D']`, unless not asked for.
         public var outputs: AnyTensor?
+        /// `[B, D]` (`[K, B, D]` K-batched), when asked for.
         public var x: AnyTensor?
+        /// `[B]` (`[K, B]`), when asked for.
         public var t: AnyTensor?
+        /// Parameter gradients in layer order, summed over the batch.
         public var params: [(name: String, grad: AnyTensor)]
     }
 
     /// A JVP answer.
     public struct JVP: Sendable {
+        /// `[B, D']`, unless not asked for.
         public var outputs: AnyTensor?
+        /// `[B, D']` (`[K, B, D']` K-batched).
         public var jvp: AnyTensor
     }
 
     /// A Jacobian answer.
     public struct Jacobian: Sendable {
+        /// `[B, D']`.
         public var outputs: AnyTensor
+        /// `[B, D', D]`, when asked for.
         public var x: AnyTensor?
+        /// `[B, D']`, when asked for.
         public var t: AnyTensor?
+        /// The mode the sweep ran in.
         public var mode: JacobianMode
     }
 

@@ -191,6 +191,7 @@ public struct Activation: Sendable, Equatable {
         return declaration.activation(arguments)
     }
 
+    /// Same op, same field values.
     public static func == (a: Activation, b: Activation) -> Bool { a.op == b.op && a.arguments == b.arguments }
 
     /// Computes `y = σ(z)` for `count` elements, and `d = σ'(z)` when `d` is given.

@@ -57,6 +57,7 @@ public struct Problem: Error, HTTPResponseError, Sendable {
         return w.bytes
     }
 
+    /// The `application/problem+json` response.
     public func response(from request: Request, context: some RequestContext) throws -> Response {
         var headers = self.headers
         headers[.contentType] = "application/problem+json"

@@ -5,10 +5,12 @@ import NIOCore
 /// through which the request pipeline talks to its ``ConnectionGuard`` (100-continue once
 /// admitted, cancellation when the client goes away).
 public struct GradRequestContext: RequestContext {
+    /// Hummingbird's per-request storage (logger, parameters).
     public var coreContext: CoreRequestContextStorage
     /// The connection (nil where a test harness has none).
     public let channel: (any Channel)?
 
+    /// Creates the context for one request from its channel.
     public init(source: ApplicationRequestContextSource) {
         coreContext = .init(source: source)
         channel = source.channel

@@ -14,6 +14,7 @@ public final class MemoryBudget: Sendable {
     private let reserved = Mutex(0)
     private let gauge: Gauge?
 
+    /// A budget of `limit` bytes; reports its use to `metrics` when given.
     public init(limit: Int, metrics: PrometheusCollectorRegistry? = nil) {
         self.limit = max(1, limit)
         gauge = metrics?.makeGauge(

@@ -32,8 +32,11 @@ public struct RegisteredModel: Sendable {
 public final class ModelRegistry: Sendable {
     /// How much the registry may hold.
     public struct Quota: Sendable {
+        /// Most models held at once (`--max-models`).
         public var maxModels: Int
+        /// Most bytes of canonical model files held at once (`--max-registry-bytes`).
         public var maxBytes: Int
+        /// Creates quotas; the defaults are unlimited.
         public init(maxModels: Int = .max, maxBytes: Int = .max) {
             self.maxModels = maxModels
             self.maxBytes = maxBytes
