@@ -14,8 +14,8 @@ import PackageDescription
 #endif
 
 // Every target declares exactly the modules it imports (toolchain modules aside: Foundation,
-// Dispatch, Synchronization, Testing); `scripts/test.sh` builds with SwiftPM's
-// `--explicit-target-dependency-import-check error`, so an undeclared import fails CI.
+// Dispatch, Synchronization, Testing): `scripts/check_imports.py` checks both directions in CI,
+// and `scripts/test.sh` builds with SwiftPM's `--explicit-target-dependency-import-check error`.
 let package = Package(
     name: "gradserve",
     platforms: [.macOS(.v14)],

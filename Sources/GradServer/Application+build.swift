@@ -15,11 +15,11 @@ public func buildApplication(
     var logger = logger ?? Logger(label: "gradserve")
     if logger.logLevel > .info { logger.logLevel = .info }
     BLASRuntime.setThreads(configuration.blasThreads)
-    Parallel.threads = configuration.threadsPerRequest
     let registry = try ModelRegistry(
         dataDirectory: configuration.dataDirectory, logger: logger,
         quota: .init(maxModels: configuration.maxModels, maxBytes: configuration.maxRegistryBytes))
-    let pool = ComputePool(workers: configuration.workers, maxQueued: configuration.maxQueued, metrics: metrics)
+    let pool = ComputePool(
+        workers: configuration.workers, maxQueued: configuration.maxQueued, threadsPerJob: configuration.threadsPerRequest, metrics: metrics)
     let memory = MemoryBudget(limit: configuration.memoryLimit, metrics: metrics)
     let router = buildRouter(configuration, registry: registry, pool: pool, memory: memory, metrics: metrics)
     let connections = ConnectionGuard.Counter(limit: configuration.maxConnections)

@@ -27,13 +27,9 @@ struct ParallelTests {
                 + [try m.jvp(inputs, tangentX: u, tangentT: nil).jvp, j.x!, j.t!, try m.divergence(inputs)]
                 + [try m.jacobian(inputs, wrt: [.x]).x!]  // t computed by the sweep but not asked for
         }
-        let previous = Parallel.threads
-        defer { Parallel.threads = previous }
-        Parallel.threads = 1
         let serial = try all()
         for threads in [2, 3, 16] {
-            Parallel.threads = threads
-            let split = try all()
+            let split = try Parallel.run(threads: threads) { try all() }
             for (a, e) in zip(split, serial) { expectClose(a, e, tol: 1e-13, "threads \(threads)") }
         }
     }

@@ -29,14 +29,15 @@ public struct StandardSuite: Sendable {
 
     /// Runs the selected workloads at the current BLAS thread setting.
     public func run(machine: MachineInfo? = nil) throws -> BenchmarkReport {
+        try Parallel.run(threads: threads) { try runWorkloads(machine: machine) }
+    }
+
+    private func runWorkloads(machine: MachineInfo?) throws -> BenchmarkReport {
         // The peak is measured on all `threads` cores; the workloads then split rows across them.
         BLASRuntime.setThreads(threads)
         var machine = machine ?? .current()
         machine.blas.threads = 1
         BLASRuntime.setThreads(1)
-        let previous = Parallel.threads
-        Parallel.threads = threads
-        defer { Parallel.threads = previous }
         var results: [TimingResult] = []
         let peak = machine.peakGFLOPs > 0 ? machine.peakGFLOPs : nil
         func time(_ name: String, _ op: String, _ method: String, batch: Int, iterations: Int, flops: Double?, _ body: () throws -> Void) rethrows {

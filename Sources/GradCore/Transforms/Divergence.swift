@@ -16,12 +16,12 @@ extension Model {
             throw .invalid(.model(nil), "divergence needs as many outputs as x features (D' = D), got D' = \(dOut), D = \(d)")
         }
         if method == .exact, let chunks = Parallel.chunks(inputs.batch) {
-            return .concatenate(try Parallel.map(chunks) { (r) throws(GradError) in try divergence(inputs.rows(r), method: .exact, split: false) })
+            return .concatenate(try Parallel.map(chunks) { (r) throws(GradError) in try divergenceSerial(inputs.rows(r), method: .exact) })
         }
-        return try divergence(inputs, method: method, split: false)
+        return try divergenceSerial(inputs, method: method)
     }
 
-    func divergence(_ inputs: Inputs<S>, method: DivergenceMethod, split: Bool) throws(GradError) -> Tensor<S> {
+    func divergenceSerial(_ inputs: Inputs<S>, method: DivergenceMethod) throws(GradError) -> Tensor<S> {
         let tr = try trace(inputs, derivatives: true)
         switch method {
         case .exact:

@@ -1,14 +1,40 @@
 import Dispatch
 
+#if canImport(Glibc)
+    import Glibc
+#elseif canImport(Darwin)
+    import Darwin
+#endif
+
 /// Intra-request parallelism: a batch is split into row chunks computed at once, each on one
 /// OpenBLAS thread. Per-sample work (forward, VJP, JVP, Jacobians, exact divergences) is
 /// independent across rows, so the chunks need no communication; parameter gradients are summed.
 ///
 /// Measured here, two OpenBLAS threads on the ToyMLP's small GEMMs were slower than one
 /// (forward B = 256: 0.82 ms vs 0.64 ms); two row chunks on one thread each use both cores.
+///
+/// How many chunks is a value that travels with the computation, not a process setting: the
+/// compute pool runs each request inside ``run(threads:_:)`` with its own `--threads-per-request`,
+/// a benchmark with its `--threads`, a test with whatever it compares. Inside a chunk the value
+/// is 1 again, so chunks never split further.
 public enum Parallel {
-    /// Row chunks per request (1: no splitting). Set once at start, before any computation.
-    public nonisolated(unsafe) static var threads = 1
+    /// Row chunks for a computation on this thread: the value of the innermost
+    /// ``run(threads:_:)``, or 1 (no splitting) outside any.
+    public static var threads: Int { Swift.max(1, Int(bitPattern: pthread_getspecific(key))) }
+
+    /// Runs `body` with computations on this thread split into `threads` row chunks.
+    public static func run<R, E: Error>(threads: Int, _ body: () throws(E) -> R) throws(E) -> R {
+        let previous = pthread_getspecific(key)
+        pthread_setspecific(key, UnsafeRawPointer(bitPattern: Swift.max(1, threads)))
+        defer { pthread_setspecific(key, previous) }
+        return try body()
+    }
+
+    private static let key: pthread_key_t = {
+        var k = pthread_key_t()
+        pthread_key_create(&k, nil)
+        return k
+    }()
 
     /// The chunks for a batch of `b` rows, or nil when the batch is not worth splitting.
     static func chunks(_ b: Int) -> [Range<Int>]? {

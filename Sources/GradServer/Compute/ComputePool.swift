@@ -16,13 +16,17 @@ public final class ComputePool: Sendable {
     private let threads: NIOThreadPool
     private let workers: Int
     private let maxQueued: Int
+    /// Row chunks per computation (`--threads-per-request`): each job runs inside
+    /// ``Parallel/run(threads:_:)`` with it.
+    let threadsPerJob: Int
     private let pending = Mutex(0)
     private let finished = Atomic<Int>(0)
     private let inFlightGauge: Gauge?
 
-    /// Starts `workers` threads.
-    public init(workers: Int, maxQueued: Int, metrics: PrometheusCollectorRegistry? = nil) {
+    /// Starts `workers` threads; each job splits its rows into `threadsPerJob` chunks.
+    public init(workers: Int, maxQueued: Int, threadsPerJob: Int = 1, metrics: PrometheusCollectorRegistry? = nil) {
         self.workers = max(1, workers)
+        self.threadsPerJob = max(1, threadsPerJob)
         self.maxQueued = max(0, maxQueued)
         threads = NIOThreadPool(numberOfThreads: self.workers)
         threads.start()
@@ -93,6 +97,7 @@ public final class ComputePool: Sendable {
         let once = OnceContinuation<T>()
         return try await withCheckedThrowingContinuation { continuation in
             once.set(continuation)
+            let chunks = threadsPerJob
             threads.submit { state in
                 defer { ticket.release() }
                 guard state == .active else {
@@ -103,7 +108,7 @@ public final class ComputePool: Sendable {
                 do {
                     try token.check()
                     let queued = Stopwatch.seconds(start - submitted)
-                    once.resume(returning: try Cancellation.run(token) { try body(queued) })
+                    once.resume(returning: try Cancellation.run(token) { try Parallel.run(threads: chunks) { try body(queued) } })
                 } catch {
                     once.resume(throwing: error)
                 }
