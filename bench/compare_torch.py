@@ -43,7 +43,11 @@ import statistics
 import subprocess
 import sys
 import time
+from pathlib import Path
 from typing import Any, Callable
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e" / "support"))
+from gradserve_testing.report import cpu_name, write_json_text  # noqa: E402
 
 SEED_FLOPS = 2.0 * 1000 * 1000 * 1000 + 1000 * 1000  # GEMM + bias add
 D, WIDTH = 784, 64
@@ -106,12 +110,12 @@ def time_it(fn: Callable[[], Any], sync: Callable[[Any], Any], iterations: int, 
 def torch_workloads(T: int, rng_seed: int = 0):
     import torch
 
+    from gradserve_testing.toymlp import toy_mlp
+
     torch.set_num_threads(T)
-    torch.manual_seed(rng_seed)
     nn = torch.nn
 
-    net = nn.Sequential(nn.Linear(D + 1, WIDTH), nn.SELU(), nn.Linear(WIDTH, WIDTH), nn.SELU(),
-                        nn.Linear(WIDTH, WIDTH), nn.SELU(), nn.Linear(WIDTH, D))
+    net = toy_mlp(D, WIDTH, seed=rng_seed).net  # torch.manual_seed(rng_seed), then the ToyMLP's layers
     for p in net.parameters():
         p.requires_grad_(False)
 
@@ -471,17 +475,6 @@ def med(d: dict[str, Any], name: str) -> float | None:
     return None if r is None else r.get("median_ms")
 
 
-def cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def print_report(runs: list[dict[str, Any]], header: dict[str, Any]) -> None:
     print("# gradserve vs PyTorch / JAX\n")
     for k, v in header.items():
@@ -639,13 +632,7 @@ def main() -> int:
             out["runs"].append({"threads": run["threads"], "gradserve_machine": run.get("gradserve_machine"),
                                 "gradserve_error": run.get("gradserve_error"), "info": w.get("info"),
                                 "checks": w.get("checks"), "results": rows})
-        text = json.dumps(out, indent=2)
-        if args.json == "-":
-            print("\n```json\n" + text + "\n```")
-        else:
-            with open(args.json, "w") as fh:
-                fh.write(text + "\n")
-            log(f"wrote {args.json}")
+        write_json_text(json.dumps(out, indent=2), args.json, log, fenced=True)
     return 0
 
 

@@ -22,15 +22,18 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "python"))
-from gs_helpers import MLP, ServerProcess, vm_rss, wire  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e" / "support"))
+from gradserve_testing.rss import vm_rss  # noqa: E402
+from gradserve_testing.server import ServerProcess  # noqa: E402
+from gradserve_testing.toymlp import toy_model_json  # noqa: E402
+
+from gradserve.tensors import b64_form  # noqa: E402
 
 
 def rss(pid: int) -> int:
@@ -53,16 +56,15 @@ def main() -> int:
     args = ap.parse_args()
 
     rng = np.random.default_rng(0)
-    m = MLP.random(rng, 784, [64, 64, 64, 784], [{"op": "selu"}] * 3, has_t=True, dtype="float32")
-    server = ServerProcess(tempfile.mkdtemp(prefix="gs-heap-"))
-    url = server.start()
+    server = ServerProcess().start()
+    url = server.url
     pid = server.proc.pid
     try:
         s = requests.Session()
-        mid = s.post(url + "/v1/models", json={"model": m.to_json("b64")}, timeout=60).json()["id"]
+        mid = s.post(url + "/v1/models", json={"model": toy_model_json(seed=0)}, timeout=60).json()["id"]
         x = rng.normal(size=(16, 784)).astype(np.float32)
         t = rng.uniform(size=16).astype(np.float32)
-        body = {"model": mid, "inputs": {"x": wire(x, "b64", "float32"), "t": wire(t, "b64", "float32")},
+        body = {"model": mid, "inputs": {"x": b64_form(x), "t": b64_form(t)},
                 "output_encoding": "safetensors"}
         time.sleep(3)
         baseline = rss(pid)

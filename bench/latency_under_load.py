@@ -29,8 +29,16 @@ from pathlib import Path
 import numpy as np
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "python"))
-from gs_helpers import MLP, ServerProcess, wire  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e" / "support"))
+from gradserve_testing.server import ServerProcess  # noqa: E402
+from gradserve_testing.toymlp import toy_model_json  # noqa: E402
+
+from gradserve.tensors import b64_form  # noqa: E402
+
+
+def f32(a) -> dict:
+    """A float32 tensor in the base64 JSON form."""
+    return b64_form(np.asarray(a, dtype=np.float32))
 
 
 def main() -> int:
@@ -44,20 +52,19 @@ def main() -> int:
         sys.exit("wrk is not installed (apt-get install wrk)")
 
     rng = np.random.default_rng(0)
-    m = MLP.random(rng, 784, [64, 64, 64, 784], [{"op": "selu"}] * 3, has_t=True, dtype="float32")
     tmp = Path(tempfile.mkdtemp(prefix="gs-latency-"))
-    server = ServerProcess(tmp / "data")
-    url = server.start()
+    server = ServerProcess(tmp / "data").start()
+    url = server.url
     try:
-        mid = requests.post(url + "/v1/models", json={"model": m.to_json("b64")}, timeout=60).json()["id"]
-        small = {"model": mid, "inputs": {"x": wire(rng.normal(size=(8, 784)), "b64", "float32"),
-                                          "t": wire(rng.uniform(size=8), "b64", "float32")}, "output_encoding": "base64"}
-        heavy = {"model": mid, "inputs": {"x": wire(rng.normal(size=(16, 784)), "b64", "float32"),
-                                          "t": wire(rng.uniform(size=16), "b64", "float32")}, "output_encoding": "safetensors"}
-        column = wire(np.full((65536, 1), 1e-3), "b64", "float32")
+        mid = requests.post(url + "/v1/models", json={"model": toy_model_json(seed=0)}, timeout=60).json()["id"]
+        small = {"model": mid, "inputs": {"x": f32(rng.normal(size=(8, 784))),
+                                          "t": f32(rng.uniform(size=8))}, "output_encoding": "base64"}
+        heavy = {"model": mid, "inputs": {"x": f32(rng.normal(size=(16, 784))),
+                                          "t": f32(rng.uniform(size=16))}, "output_encoding": "safetensors"}
+        column = f32(np.full((65536, 1), 1e-3))
         over = {"model": {"dtype": "float32", "layers": [{"op": "linear", "weight": column},
-                                                         {"op": "linear", "weight": wire(np.full((1, 65536), 1e-3), "b64", "float32")}]},
-                "inputs": {"x": wire(np.zeros((65536, 1)), "b64", "float32")}}
+                                                         {"op": "linear", "weight": f32(np.full((1, 65536), 1e-3))}]},
+                "inputs": {"x": f32(np.zeros((65536, 1)))}}
         body = tmp / "small.json"
         body.write_text(json.dumps(small))
         lua = tmp / "post.lua"

@@ -50,9 +50,6 @@ import os
 import re
 import platform
 import shutil
-import signal
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
@@ -63,11 +60,12 @@ from typing import Any, Callable
 import numpy as np
 import requests
 
-D, WIDTH = 784, 64
-LAYER_SIZES = [(D + 1, WIDTH), (WIDTH, WIDTH), (WIDTH, WIDTH), (WIDTH, D)]  # (in, out), nn.Linear order
-LAYER_NAMES = ["net.0", "net.2", "net.4", "net.6"]
-SELU_ALPHA = 1.6732632423543772848170429916717
-SELU_SCALE = 1.0507009873554804934193349852946
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e", "support"))
+from gradserve_testing.report import cpu_name as machine_cpu, write_json_text  # noqa: E402
+from gradserve_testing.server import ServerProcess  # noqa: E402
+from gradserve_testing.toymlp import D, ToyReference as Reference, toy_model_json, toy_weights  # noqa: E402
+
+from gradserve.tensors import read_safetensors  # noqa: E402
 
 # Tesseract Core 1.15, measured earlier on this machine (not in this run).
 REFERENCE_LABEL = "Tesseract Core 1.15 (reference measured earlier, not in this run)"
@@ -96,81 +94,6 @@ def log(msg: str) -> None:
 # ==========================================================================
 # model, reference
 # ==========================================================================
-
-def make_weights(seed: int) -> dict[str, np.ndarray]:
-    """torch.nn.Linear's default init: kaiming_uniform(a=sqrt(5)) -> U(-1/sqrt(fan_in), 1/sqrt(fan_in)), bias alike."""
-    rng = np.random.default_rng(seed)
-    weights: dict[str, np.ndarray] = {}
-    for name, (fan_in, fan_out) in zip(LAYER_NAMES, LAYER_SIZES):
-        bound = 1.0 / np.sqrt(fan_in)
-        weights[f"{name}.weight"] = rng.uniform(-bound, bound, size=(fan_out, fan_in)).astype(np.float32)
-        weights[f"{name}.bias"] = rng.uniform(-bound, bound, size=(fan_out,)).astype(np.float32)
-    return weights
-
-
-def model_json(weights: dict[str, np.ndarray]) -> dict[str, Any]:
-    layers: list[dict[str, Any]] = []
-    for i, name in enumerate(LAYER_NAMES):
-        if i:
-            layers.append({"op": "selu"})
-        layers.append({"op": "linear", "weight": f"{name}.weight", "bias": f"{name}.bias"})
-    return {
-        "inputs": ["x", "t"],
-        "dtype": "float32",
-        "layers": layers,
-        "weights": {k: b64_tensor(v) for k, v in weights.items()},
-    }
-
-
-def selu(z: np.ndarray) -> np.ndarray:
-    return SELU_SCALE * np.where(z > 0, z, SELU_ALPHA * np.expm1(np.minimum(z, 0)))
-
-
-def selu_grad(z: np.ndarray) -> np.ndarray:
-    return SELU_SCALE * np.where(z > 0, 1.0, SELU_ALPHA * np.exp(np.minimum(z, 0)))
-
-
-class Reference:
-    """The ToyMLP in float64 numpy: forward, VJP wrt x, per-sample Jacobian wrt x."""
-
-    def __init__(self, weights: dict[str, np.ndarray]):
-        self.W = [weights[f"{n}.weight"].astype(np.float64) for n in LAYER_NAMES]
-        self.b = [weights[f"{n}.bias"].astype(np.float64) for n in LAYER_NAMES]
-
-    def _pre(self, x: np.ndarray, t: np.ndarray) -> tuple[list[np.ndarray], np.ndarray]:
-        h = np.concatenate([x.astype(np.float64), t.astype(np.float64)[:, None]], axis=1)
-        zs = []
-        for i in range(len(self.W)):
-            z = h @ self.W[i].T + self.b[i]
-            if i < len(self.W) - 1:
-                zs.append(z)
-                h = selu(z)
-            else:
-                h = z
-        return zs, h
-
-    def forward(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        return self._pre(x, t)[1]
-
-    def vjp_x(self, x: np.ndarray, t: np.ndarray, v: np.ndarray) -> np.ndarray:
-        zs, _ = self._pre(x, t)
-        g = v.astype(np.float64)
-        for i in range(len(self.W) - 1, -1, -1):
-            g = g @ self.W[i]
-            if i > 0:
-                g = g * selu_grad(zs[i - 1])
-        return g[:, :D]
-
-    def jacobian_x(self, x: np.ndarray, t: np.ndarray) -> np.ndarray:
-        zs, _ = self._pre(x, t)
-        out = []
-        for s in range(x.shape[0]):
-            J = self.W[-1]
-            for i in range(len(self.W) - 2, -1, -1):
-                J = (J * selu_grad(zs[i][s])[None, :]) @ self.W[i]
-            out.append(J[:, :D])
-        return np.stack(out)  # [B, D', D]
-
 
 def check_close(name: str, got: np.ndarray, want: np.ndarray) -> float:
     if got.shape != want.shape:
@@ -232,24 +155,6 @@ def from_b64_tensor(obj: Any, path: str) -> np.ndarray:
     return np.frombuffer(base64.b64decode(obj["data"]), dtype=dt).reshape(obj["shape"])
 
 
-ST_DTYPES = {"F32": "<f4", "F64": "<f8", "F16": "<f2", "I64": "<i8", "I32": "<i4"}
-
-
-def parse_safetensors(buf: bytes) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """A safetensors file -> ({name: array (zero-copy view)}, __metadata__)."""
-    if len(buf) < 8:
-        raise ValueError(f"safetensors answer too short ({len(buf)} bytes)")
-    (n,) = struct.unpack_from("<Q", buf, 0)
-    header = json.loads(bytes(buf[8:8 + n]))
-    meta = header.pop("__metadata__", {}) or {}
-    data = memoryview(buf)[8 + n:]
-    tensors = {}
-    for name, info in header.items():
-        start, end = info["data_offsets"]
-        tensors[name] = np.frombuffer(data[start:end], dtype=ST_DTYPES[info["dtype"]]).reshape(info["shape"])
-    return tensors, meta
-
-
 def server_timing_ms(resp: requests.Response) -> float | None:
     h = resp.headers.get("Server-Timing")
     if not h:
@@ -268,10 +173,13 @@ def server_timing_ms(resp: requests.Response) -> float | None:
 # ==========================================================================
 
 class Server:
+    """The measured server: the one at --url, else one started by the shared test support
+    (gradserve_testing.server: a private copy of --gradserve, a temporary data dir, --port 0)."""
+
     def __init__(self, args: argparse.Namespace):
+        self.process: ServerProcess | None = None
         self.proc: subprocess.Popen | None = None
         self.tmp: str | None = None
-        self.log_path: str | None = None
         self.url = args.url.rstrip("/") if args.url else None
         self.args = args
 
@@ -282,60 +190,36 @@ class Server:
         if not os.path.isfile(src):
             raise SystemExit(f"no gradserve binary at {src} (build it, pass --gradserve, or --url)")
         self.tmp = tempfile.mkdtemp(prefix="gradserve-load-")
-        binary = os.path.join(self.tmp, "gradserve")
-        shutil.copy2(src, binary)  # the owner may rebuild the original at any time
         data_dir = os.path.join(self.tmp, "data")
         os.makedirs(data_dir)
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        cmd = [binary, "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", data_dir]
+        extra = []
         if self.args.workers is not None:
-            cmd += ["--workers", str(self.args.workers)]
+            extra += ["--workers", str(self.args.workers)]
         if self.args.blas_threads is not None:
-            cmd += ["--blas-threads", str(self.args.blas_threads)]
-        self.log_path = os.path.join(self.tmp, "server.log")
-        log(f"starting {' '.join(cmd)}")
-        self.log_file = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=self.log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        self.url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + self.args.start_timeout
-        while True:
-            if self.proc.poll() is not None:
-                raise SystemExit(f"gradserve exited with {self.proc.returncode} before /healthz answered:\n{self.log_tail()}")
-            try:
-                if requests.get(self.url + "/healthz", timeout=1).status_code == 200:
-                    break
-            except requests.RequestException:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"gradserve did not answer /healthz within {self.args.start_timeout} s:\n{self.log_tail()}")
-            time.sleep(0.05)
+            extra += ["--blas-threads", str(self.args.blas_threads)]
+        self.process = ServerProcess(data_dir, extra, binary=src)
+        log(f"starting {' '.join(self.process.command())}")
+        try:
+            self.process.start(timeout=self.args.start_timeout)
+        except RuntimeError as e:
+            raise SystemExit(f"gradserve did not start: {e}") from None
+        self.proc = self.process.proc
+        self.url = self.process.url
         return self.url
 
     def log_tail(self, n: int = 4000) -> str:
-        if not self.log_path:
-            return ""
-        try:
-            with open(self.log_path, "rb") as f:
-                return f.read()[-n:].decode("utf-8", "replace")
-        except OSError:
-            return ""
+        return self.process.log(n) if self.process is not None else ""
 
     def stop(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGINT)
-            try:
-                self.proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        if self.proc is not None:
-            self.log_file.close()
+        if self.process is not None:
+            self.process.stop()
         if self.tmp and not self.args.keep_tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
         elif self.tmp:
-            log(f"kept {self.tmp} (server log: {self.log_path})")
+            log_path = os.path.join(self.tmp, "server.log")
+            if self.process is not None and self.process.log_path is not None:
+                shutil.copy2(self.process.log_path, log_path)
+            log(f"kept {self.tmp} (server log: {log_path})")
 
 
 # ==========================================================================
@@ -404,7 +288,7 @@ def safetensors_answer(name: str) -> Callable[[requests.Response, bytes], np.nda
         ct = resp.headers.get("Content-Type", "")
         if not ct.startswith("application/octet-stream"):
             raise Failure(f"safetensors answer has Content-Type {ct!r}")
-        tensors, _ = parse_safetensors(data)
+        tensors, _ = read_safetensors(data)
         if name not in tensors:
             raise Failure(f"safetensors answer lacks {name!r} (has {sorted(tensors)})")
         return tensors[name]
@@ -554,17 +438,6 @@ def measure_throughput(w: Workload, base: str, clients: int, duration: float, wa
 # main
 # ==========================================================================
 
-def machine_cpu() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def finite(o: Any) -> Any:
     """NaN / inf -> null, so that --json writes strict JSON."""
     if isinstance(o, float):
@@ -605,7 +478,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of weights and inputs")
     ap.add_argument("--json", metavar="PATH", help="also write the numbers as JSON to PATH ('-' = stdout)")
     ap.add_argument("--start-timeout", type=float, default=30.0, help="seconds to wait for /healthz")
-    ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (binary copy, data dir, server log)")
+    ap.add_argument("--keep-tmp", action="store_true", help="keep the temp dir (data dir, server log)")
     args = ap.parse_args()
     if args.iterations < 1 or args.jacobian_iterations < 1 or args.warmup < 0 or args.duration <= 0 or args.concurrency < 1:
         ap.error("iterations >= 1, warmup >= 0, duration > 0, concurrency >= 1")
@@ -634,9 +507,9 @@ def run(args: argparse.Namespace, base: str, server: Server) -> int:
     info = session.get(base + "/v1/info").json()
 
     # ---- model, registered once
-    weights = make_weights(args.seed)
+    weights = toy_weights(seed=args.seed)
     ref = Reference(weights)
-    reg = session.post(base + "/v1/models", data=json.dumps({"name": "toymlp-load-bench", "model": model_json(weights)}),
+    reg = session.post(base + "/v1/models", data=json.dumps({"name": "toymlp-load-bench", "model": toy_model_json(seed=args.seed)}),
                        headers={"Content-Type": "application/json"})
     if reg.status_code not in (200, 201):
         raise Failure(f"POST /v1/models: HTTP {reg.status_code}: {reg.text[:1000]}")
@@ -809,13 +682,7 @@ def run(args: argparse.Namespace, base: str, server: Server) -> int:
             "targets_met": sum(rows),
             "targets_total": len(rows),
         }
-        text = json.dumps(finite(doc), indent=2, default=float)
-        if args.json == "-":
-            print(text)
-        else:
-            with open(args.json, "w") as f:
-                f.write(text + "\n")
-            log(f"wrote {args.json}")
+        write_json_text(json.dumps(finite(doc), indent=2, default=float), args.json, log)
     return 0
 
 

@@ -49,15 +49,13 @@ from pathlib import Path
 import numpy as np
 import requests
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "python"))
-from gs_helpers import ServerProcess, vm_rss  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e" / "support"))
+from gradserve_testing.rss import vm_rss  # noqa: E402
+from gradserve_testing.server import ServerProcess  # noqa: E402
+from gradserve_testing.toymlp import ToyReference, toy_model_json, toy_weights  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-D, WIDTH = 784, 64
-LAYERS = [(D + 1, WIDTH), (WIDTH, WIDTH), (WIDTH, WIDTH), (WIDTH, D)]  # (in, out)
-NAMES = ["net.0", "net.2", "net.4", "net.6"]
-SELU_ALPHA = 1.6732632423543772848170429916717
-SELU_SCALE = 1.0507009873554804934193349852946
+D = 784  # the ToyMLP's x width
 SMALL_ROUTES = ("forward", "vjp", "divergence")  # the "small requests" of the p99 target (Jacobians are 2–5 MB answers)
 
 
@@ -66,7 +64,8 @@ SMALL_ROUTES = ("forward", "vjp", "divergence")  # the "small requests" of the p
 # --------------------------------------------------------------------------------------
 
 
-# The server: gs_helpers.ServerProcess (a private copy of $GRADSERVE_BIN or the release build, --port 0).
+# The server: gradserve_testing.server.ServerProcess (a private copy of $GRADSERVE_BIN or the release build,
+# --port 0); the ToyMLP: gradserve_testing.toymlp (weights of torch.manual_seed(--seed)).
 
 
 # --------------------------------------------------------------------------------------
@@ -77,35 +76,6 @@ SMALL_ROUTES = ("forward", "vjp", "divergence")  # the "small requests" of the p
 def b64(a: np.ndarray, dtype: str = "float32") -> dict:
     a = np.ascontiguousarray(a, dtype=dtype)
     return {"shape": list(a.shape), "dtype": dtype, "encoding": "base64", "data": base64.b64encode(a.tobytes()).decode()}
-
-
-def toy_weights(rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
-    """nn.Linear's initialisation (uniform ±1/√fan_in), rounded to float32."""
-    out = []
-    for fan_in, fan_out in LAYERS:
-        k = 1 / np.sqrt(fan_in)
-        out.append((rng.uniform(-k, k, size=(fan_out, fan_in)).astype(np.float32),
-                    rng.uniform(-k, k, size=(fan_out,)).astype(np.float32)))
-    return out
-
-
-def toy_model_json(weights) -> dict:
-    layers, named = [], {}
-    for i, ((w, b), name) in enumerate(zip(weights, NAMES)):
-        named[f"{name}.weight"], named[f"{name}.bias"] = b64(w), b64(b)
-        layers.append({"op": "linear", "weight": f"{name}.weight", "bias": f"{name}.bias"})
-        if i < len(weights) - 1:
-            layers.append({"op": "selu"})
-    return {"inputs": ["x", "t"], "dtype": "float32", "weights": named, "layers": layers}
-
-
-def toy_forward(weights, x, t) -> np.ndarray:
-    h = np.concatenate([x, t[:, None]], axis=1).astype(np.float64)
-    for i, (w, b) in enumerate(weights):
-        h = h @ w.astype(np.float64).T + b
-        if i < len(weights) - 1:
-            h = SELU_SCALE * np.where(h > 0, h, SELU_ALPHA * np.expm1(np.minimum(h, 0)))
-    return h
 
 
 class Body:
@@ -201,17 +171,17 @@ def main() -> None:
     server_args = ["--memory-limit", a.memory_limit, *a.server_args]
     server = ServerProcess(tmp / "data", server_args)
     try:
-        url = server.start()
+        url = server.start().url
         proc = server.proc
         info = requests.get(url + "/v1/info", timeout=30).json()
         rng = np.random.default_rng(a.seed)
-        weights = toy_weights(rng)
-        r = requests.post(url + "/v1/models", json={"name": "toy-mlp", "model": toy_model_json(weights)}, timeout=60)
+        weights = toy_weights(seed=a.seed)
+        r = requests.post(url + "/v1/models", json={"name": "toy-mlp", "model": toy_model_json(seed=a.seed)}, timeout=60)
         r.raise_for_status()
         mid = r.json()["id"]
         x, t = rng.normal(size=(3, D)).astype(np.float32), rng.uniform(size=(3,)).astype(np.float32)
         got = requests.post(url + "/v1/forward", json={"model": mid, "inputs": {"x": x.tolist(), "t": t.tolist()}}, timeout=60).json()["outputs"]
-        ref = toy_forward(weights, x.astype(np.float64), t.astype(np.float64))
+        ref = ToyReference(weights).forward(x, t)
         err = float(np.max(np.abs(np.asarray(got) - ref)) / np.max(np.abs(ref)))
         if err > 1e-5:
             sys.exit(f"the server's ToyMLP forward differs from numpy by {err:.2e} (norm-relative)")

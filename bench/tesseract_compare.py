@@ -47,6 +47,10 @@ import requests
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "e2e" / "support"))
+from gradserve_testing.server import ServerProcess  # noqa: E402
+from gradserve_testing.toymlp import toy_mlp as shared_toy_mlp  # noqa: E402
+
 D, W = 784, 64
 
 TESSERACT_API = textwrap.dedent(
@@ -154,13 +158,8 @@ TESSERACT_API = textwrap.dedent(
 
 
 def toy_mlp(seed: int) -> torch.nn.Sequential:
-    torch.manual_seed(seed)
-    return torch.nn.Sequential(
-        torch.nn.Linear(D + 1, W), torch.nn.SELU(),
-        torch.nn.Linear(W, W), torch.nn.SELU(),
-        torch.nn.Linear(W, W), torch.nn.SELU(),
-        torch.nn.Linear(W, D),
-    )
+    """The shared ToyMLP's layers (state_dict names "0.weight" … "6.bias"), weights of torch.manual_seed(seed)."""
+    return shared_toy_mlp(D, W, seed=seed).net
 
 
 def b64(a: np.ndarray) -> dict:
@@ -213,27 +212,15 @@ def stop(proc: subprocess.Popen | None) -> None:
             proc.wait(timeout=5)
 
 
-def start_gradserve(binary: Path, work: Path) -> tuple[str, subprocess.Popen]:
-    """A private copy of the binary and its resource bundles, under a neutral name."""
+def start_gradserve(binary: Path, work: Path) -> tuple[str, ServerProcess]:
+    """gradserve through the shared test support: a private copy of the binary and its resource bundles,
+    under a neutral name, on a port of its own."""
     if not binary.is_file():
         raise SystemExit(f"no gradserve binary at {binary} (build it, or pass --bin / set GRADSERVE_BIN)")
-    bindir = work / "bin"
-    bindir.mkdir()
-    copy = bindir / "gs-bench-under-test"
-    shutil.copy2(binary, copy)
-    for bundle in list(binary.parent.glob("*.resources")) + list(binary.parent.glob("*.bundle")):
-        if bundle.is_dir():
-            shutil.copytree(bundle, bindir / bundle.name)
     data = work / "gs-data"
     data.mkdir()
-    port = free_port()
-    log = work / "gradserve.log"
-    with open(log, "wb") as f:
-        proc = subprocess.Popen([str(copy), "serve", "--host", "127.0.0.1", "--port", str(port), "--data-dir", str(data)],
-                                stdout=f, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    wait_http(url + "/healthz", proc, log, 30)
-    return url, proc
+    server = ServerProcess(data, binary=binary).start(timeout=30)
+    return server.url, server
 
 
 def start_runtime(api_dir: Path, out_dir: Path, work: Path) -> tuple[str, subprocess.Popen]:
@@ -458,7 +445,8 @@ def main() -> int:
         return 0 if all(r_["meets_target"] for r_ in results) else 1
     finally:
         stop(rt_proc)
-        stop(gs_proc)
+        if gs_proc is not None:
+            gs_proc.stop()
         shutil.rmtree(out_dir, ignore_errors=True)
         shutil.rmtree(work, ignore_errors=True)
 

@@ -6,44 +6,31 @@ safetensors body.
     python bench/wrk_forward.py [--gradserve .build/release/gradserve] [--duration 10] [--workers N]
 
 Needs `wrk` (Debian: apt-get install wrk). Starts its own server (a copy of the binary, a temp
-data dir), registers the ToyMLP of bench/load.py once and posts bodies that name it by id.
+data dir, through e2e/support/gradserve_testing), registers the shared ToyMLP once and posts bodies that name it by id.
 Client and server share this machine's cores, so the numbers are a lower bound for the server.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
 import json
 import os
 import re
 import shutil
-import socket
-import struct
 import subprocess
 import sys
 import tempfile
-import time
 import urllib.request
 
 import numpy as np
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e", "support"))
+from gradserve_testing.server import ServerProcess  # noqa: E402
+from gradserve_testing.toymlp import toy_model_json  # noqa: E402
+
+from gradserve.tensors import b64_form, write_safetensors  # noqa: E402
+
 TESSERACT_RPS = 147.0  # Tesseract Core 1.15 with 2 workers, measured earlier on this machine (not in this run)
-
-
-def toymlp(rng):
-    dims = [(785, 64), (64, 64), (64, 64), (64, 784)]
-    weights, layers = {}, []
-    for i, (fan_in, out) in enumerate(dims):
-        bound = 1 / np.sqrt(fan_in)
-        for kind, shape in (("weight", (out, fan_in)), ("bias", (out,))):
-            a = rng.uniform(-bound, bound, shape).astype("<f4")
-            weights[f"net.{2 * i}.{kind}"] = {"shape": list(shape), "dtype": "float32", "encoding": "base64",
-                                               "data": base64.b64encode(a.tobytes()).decode()}
-        layers.append({"op": "linear", "weight": f"net.{2 * i}.weight", "bias": f"net.{2 * i}.bias"})
-        if i < 3:
-            layers.append({"op": "selu"})
-    return {"inputs": ["x", "t"], "dtype": "float32", "layers": layers, "weights": weights}
 
 
 def post(url, body: bytes, ctype="application/json"):
@@ -74,41 +61,19 @@ def main():
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed (apt-get install wrk)")
     tmp = tempfile.mkdtemp(prefix="gradserve-wrk-")
-    binary = os.path.join(tmp, "gradserve")
-    shutil.copy2(args.gradserve, binary)
-    bundle = os.path.join(os.path.dirname(args.gradserve), "gradserve_GradServer.resources")
-    if os.path.isdir(bundle):
-        shutil.copytree(bundle, os.path.join(tmp, "gradserve_GradServer.resources"))
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
-    cmd = [binary, "serve", "--port", str(port), "--data-dir", os.path.join(tmp, "data")]
-    if args.workers:
-        cmd += ["--workers", str(args.workers)]
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    base = f"http://127.0.0.1:{port}"
+    server = ServerProcess(os.path.join(tmp, "data"), ["--workers", str(args.workers)] if args.workers else [],
+                           binary=args.gradserve)
     try:
-        for _ in range(100):
-            try:
-                urllib.request.urlopen(base + "/healthz", timeout=1).read()
-                break
-            except OSError:
-                time.sleep(0.1)
+        base = server.start().url
         rng = np.random.default_rng(0)
-        status, reg = post(base + "/v1/models", json.dumps({"name": "toymlp", "model": toymlp(rng)}).encode())
+        status, reg = post(base + "/v1/models", json.dumps({"name": "toymlp", "model": toy_model_json(seed=0)}).encode())
         model_id = json.loads(reg)["id"]
         x = rng.standard_normal((256, 784)).astype("<f4")
         t = rng.uniform(0, 1, 256).astype("<f4")
 
-        def b64(a):
-            return {"shape": list(a.shape), "dtype": "float32", "encoding": "base64", "data": base64.b64encode(a.tobytes()).decode()}
-
-        json_body = json.dumps({"model": model_id, "inputs": {"x": b64(x), "t": b64(t)}, "output_encoding": "base64"}).encode()
+        json_body = json.dumps({"model": model_id, "inputs": {"x": b64_form(x), "t": b64_form(t)}, "output_encoding": "base64"}).encode()
         meta = {"request": json.dumps({"model": model_id, "output_encoding": "safetensors"})}
-        header = {"__metadata__": meta,
-                  "inputs.x": {"dtype": "F32", "shape": [256, 784], "data_offsets": [0, x.nbytes]},
-                  "inputs.t": {"dtype": "F32", "shape": [256], "data_offsets": [x.nbytes, x.nbytes + t.nbytes]}}
-        h = json.dumps(header).encode()
-        h += b" " * (-len(h) % 8)
-        st_body = struct.pack("<Q", len(h)) + h + x.tobytes() + t.tobytes()
+        st_body = write_safetensors({"inputs.x": x, "inputs.t": t}, meta)
         rows = []
         for name, body, ctype in (("base64 JSON in and out", json_body, "application/json"),
                                   ("safetensors in and out", st_body, "application/octet-stream")):
@@ -127,8 +92,7 @@ def main():
         for name, rps, p50, bad in rows:
             print(f"| {name} | {rps:.0f} | {p50} | {bad} | {rps / TESSERACT_RPS:.1f}× | {'PASS' if rps >= 6 * TESSERACT_RPS else 'FAIL'} |")
     finally:
-        server.terminate()
-        server.wait(timeout=10)
+        server.stop(10)
         shutil.rmtree(tmp, ignore_errors=True)
 
 

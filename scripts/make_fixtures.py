@@ -50,6 +50,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e", "support"))
+from gradserve_testing.toymlp import toy_mlp  # noqa: E402
+
 K = 2  # leading axis of the batched cotangents / tangents
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 OUT_DIR = os.path.join(REPO, "Tests", "GradCoreTests", "Fixtures")
@@ -580,13 +583,8 @@ def case_linear_only_b1_f64(seed):
 def case_toymlp_784_f32(seed):
     # torchcfm MLP(dim=784, w=64, time_varying=True) with SELU; every tensor in form 3
     dt = "float32"
-    torch.manual_seed(seed)
     D, W = 784, 64
-    net = torch.nn.Sequential(
-        torch.nn.Linear(D + 1, W), torch.nn.SELU(),
-        torch.nn.Linear(W, W), torch.nn.SELU(),
-        torch.nn.Linear(W, W), torch.nn.SELU(),
-        torch.nn.Linear(W, D))
+    net = toy_mlp(D, W, seed=seed).net  # torch.manual_seed(seed), then the shared ToyMLP's layers
     sd = {f"net.{k}": v.detach().clone() for k, v in net.state_dict().items()}
     x = torch.randn(1, D, dtype=torch.float32)
     t = torch.rand(1, dtype=torch.float32)

@@ -1,12 +1,14 @@
 #!/usr/bin/env bash
 # Runs every test: installs what is missing (libopenblas-dev via apt, a cached Python venv with
 # PyTorch outside the repo), then
-#   1. swift format lint
+#   1. static checks: swift format lint (documentation rule on), imports match Package.swift
+#      (scripts/check_imports.py, and SwiftPM's import check), no dead link in any Markdown file
+#      (scripts/check_links.py)
 #   2. the committed PyTorch fixtures regenerate from PyTorch (scripts/make_fixtures.py --check: inputs and
 #      models byte for byte, computed values within 1e-12 / 1e-6 norm-relative, since PyTorch's last bits
 #      depend on the CPU)
 #   3. swift test (core against the fixtures and the derivative identities, codecs, server routes and live server)
-#   4. the Python end-to-end and fuzz suites against a live release server, checked against PyTorch
+#   4. the Python end-to-end and fuzz suites (e2e/api) against a live release server, checked against PyTorch
 #   5. the OpenAPI contract: openapi-spec-validator, then schemathesis against the live server
 #   6. the Python client (clients/python) against a live server, and the walkthrough notebook
 #   7. the official Tesseract (SDK, tesseract-jax) and UM-Bridge clients against the adapters
@@ -20,15 +22,17 @@ ensure_curl
 ensure_venv
 PY="$GRADSERVE_VENV/bin/python"
 
-log "1/7 swift format lint"
+log "1/7 static checks: swift format lint, imports, links"
 swift format lint --strict -r Sources Tests
+python3 scripts/check_imports.py
+python3 scripts/check_links.py
 
 log "2/7 fixtures regenerate from PyTorch (computed values within 1e-12 f64 / 1e-6 f32)"
 "$PY" scripts/make_fixtures.py --check
 
 log "3/7 swift test"
 status=0
-swift test > .build-test.log 2>&1 || status=$?
+swift test --explicit-target-dependency-import-check error > .build-test.log 2>&1 || status=$?
 grep -E '✘|^ *↳|Fatal error|Precondition failed|error:' .build-test.log | grep -v '↳ ◇' | grep -v 'Testing Library Version\|Target Platform' | head -200 || true
 grep -E 'Test run with' .build-test.log || true
 if [ "$status" != 0 ] || ! grep -qE 'Test run with [0-9]+ tests? in [0-9]+ suites? passed' .build-test.log; then
@@ -40,14 +44,14 @@ log "4/7 Python end-to-end and fuzz suites (release server vs PyTorch)"
 swift build -c release --product gradserve 2>&1 | grep -E 'error|Build complete' || true
 [ -x .build/release/gradserve ] || { echo "release build failed" >&2; exit 1; }
 BIN="$PWD/.build/release/gradserve"
-GRADSERVE_BIN="$BIN" "$PY" -m pytest tests/python -q -p no:cacheprovider
+GRADSERVE_BIN="$BIN" "$PY" -m pytest e2e/api -q -p no:cacheprovider
 
 log "5/7 OpenAPI contract (openapi-spec-validator + schemathesis)"
-GRADSERVE_BIN="$BIN" GRADSERVE_VENV="$GRADSERVE_VENV" tests/contract/run_contract.sh
+GRADSERVE_BIN="$BIN" GRADSERVE_VENV="$GRADSERVE_VENV" e2e/contract/run_contract.sh
 
 log "6/7 Python client and the walkthrough notebook"
 GRADSERVE_BIN="$BIN" GRADSERVE_VENV="$GRADSERVE_VENV" clients/python/run_tests.sh
 
 log "7/7 Tesseract and UM-Bridge clients against the adapters"
-GRADSERVE_BIN="$BIN" GRADSERVE_VENV="$GRADSERVE_VENV" tests/adapters/run_tests.sh
+GRADSERVE_BIN="$BIN" GRADSERVE_VENV="$GRADSERVE_VENV" e2e/adapters/run_tests.sh
 log "all 7 steps passed"

@@ -175,3 +175,14 @@ struct DerivativeTests {
         #expect(act("softplus").evaluate(20.5).value == 20.5)
     }
 }
+
+extension Activation {
+    /// `σ(z)` and `σ'(z)` through the library's real path: a float64 model of this one layer,
+    /// its outputs and its per-sample Jacobian at `x = [[z]]`.
+    func evaluate(_ z: Double) -> (value: Double, derivative: Double) {
+        guard case .float64(let m)? = try? ModelBuilder.build(ModelSpec(dtype: .float64, layers: [.activation(self)])),
+            let j = try? m.jacobian(Inputs(x: Tensor(shape: [1, 1], scalars: [z])), wrt: [.x]), let dx = j.x
+        else { fatalError("a one-activation model must build and differentiate") }
+        return (j.outputs.scalars[0], dx.scalars[0])
+    }
+}

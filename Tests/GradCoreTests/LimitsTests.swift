@@ -123,6 +123,6 @@ struct LimitsTests {
         ) {
             try ModelDecoder.decode(try JSONParser.parse(json), maxLayers: 4)
         }
-        #expect(try ModelDecoder.decode(try JSONParser.parse(json), maxLayers: 5).layerCount == 5)
+        #expect(try ModelDecoder.decode(try JSONParser.parse(json), maxLayers: 5).parameterCount == 0)
     }
 }

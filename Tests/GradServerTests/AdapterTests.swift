@@ -8,7 +8,7 @@ import HummingbirdTesting
 import Testing
 
 /// The Tesseract and UM-Bridge routes at the wire level; the official clients run against them in
-/// tests/adapters (Python).
+/// e2e/adapters (Python).
 @Suite("Protocol adapters")
 struct AdapterTests {
     /// Registers the tiny model and returns its id.

@@ -25,7 +25,7 @@ fi
 # module:package pairs; only the missing ones are installed
 missing=()
 for pair in numpy:numpy requests:requests torch:torch pytest:pytest nbclient:nbclient nbformat:nbformat \
-            ipykernel:ipykernel matplotlib:matplotlib setuptools:setuptools; do
+            ipykernel:ipykernel matplotlib:matplotlib hatchling:hatchling; do
     "$PY" -c "import ${pair%%:*}" 2>/dev/null || missing+=("${pair##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then

@@ -17,14 +17,6 @@ public struct StandardSuite: Sendable {
     /// Creates the suite with defaults.
     public init() {}
 
-    /// Names of every workload, in run order.
-    public static let workloadNames = [
-        "seed_linear", "toymlp_forward_b256", "toymlp_vjp_b256", "toymlp_jvp_b256",
-        "toymlp_jacobian_reverse_b3", "toymlp_jacobian_forward_b3", "toymlp_jacobian_auto_b3",
-        "toymlp_jacobian_reverse_b16", "toymlp_jacobian_forward_b16", "toymlp_jacobian_auto_b16",
-        "toymlp_divergence_exact_b16", "toymlp_divergence_hutchinson_b16", "toymlp_jacobian_rowloop_b3",
-    ]
-
     func wanted(_ name: String) -> Bool { only.isEmpty || only.contains { name.contains($0) } }
 
     /// Runs the selected workloads at the current BLAS thread setting.

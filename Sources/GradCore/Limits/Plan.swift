@@ -192,12 +192,4 @@ extension AnyModel {
         case .float64(let m): m.plan(op, batch: b, d: d)
         }
     }
-
-    /// Number of layers.
-    public var layerCount: Int {
-        switch self {
-        case .float32(let m): m.layers.count
-        case .float64(let m): m.layers.count
-        }
-    }
 }

@@ -208,19 +208,6 @@ public struct Activation: Sendable, Equatable {
             kernel.float64(cast(z, Double.self), cast(y, Double.self), d.map { cast($0, Double.self) }, count)
         }
     }
-
-    /// Scalar form, for tests and finite differences.
-    public func evaluate<S: BLASScalar>(_ z: S) -> (value: S, derivative: S) {
-        var zz = z
-        var y: S = 0
-        var d: S = 0
-        withUnsafePointer(to: &zz) { zp in
-            withUnsafeMutablePointer(to: &y) { yp in
-                withUnsafeMutablePointer(to: &d) { dp in apply(zp, into: yp, derivative: dp, count: 1) }
-            }
-        }
-        return (y, d)
-    }
 }
 
 /// An activation's loops, one per precision, each specialized for its rule when the

@@ -27,9 +27,6 @@ public struct Tensor<Scalar: BLASScalar>: Sendable, Equatable {
         if let same = self as? Tensor<T> { return same }
         return Tensor<T>(shape: shape, scalars: scalars.map { T(Double($0)) })
     }
-
-    /// True when every element is finite.
-    public var isFinite: Bool { scalars.allSatisfy { $0.isFinite } }
 }
 
 /// A tensor whose precision is known only at run time (decoded from a request).
@@ -60,9 +57,6 @@ public enum AnyTensor: Sendable, Equatable {
         case .float64(let t): t.cast(to: T.self)
         }
     }
-
-    /// The elements as `Double`.
-    public var doubles: [Double] { cast(to: Double.self).scalars }
 
     /// Bytes of the elements.
     public var byteCount: Int { (Shape.elementCount(shape) ?? 0) * dtype.byteCount }

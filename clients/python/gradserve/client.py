@@ -536,119 +536,73 @@ class Client:
         batch_size: int | None,
         transport: str | None,
     ) -> Result:
+        """One compute call: planned (`_Plan`: how to split the batch), sent (`_run`: one HTTP exchange
+        per span, `_send`), merged (`_assemble`: the answers reassembled)."""
         transport = transport or self.transport
         if transport not in _TRANSPORTS:
             raise ValueError(f"transport must be one of {_TRANSPORTS}, got {transport!r}")
         m = self._resolve(model)
         sig = self._signature(m)
-        dtype = sig.dtype if sig is not None else None
         if arrays.get("inputs.x") is None:
             raise TypeError("x is required: the inputs, [B, D]")
         given = {k: v for k, v in arrays.items() if v is not None}
         device = next((v.device for v in given.values() if is_torch_tensor(v)), None)
-        tensors = {k: to_numpy(v, dtype) for k, v in given.items()}
+        tensors = {k: to_numpy(v, sig.dtype if sig is not None else None) for k, v in given.items()}
+        plan = self._plan(op, m, sig, tensors, fields, batch_size)
+        if len(plan.spans) > 1:
+            m = self._by_id(m)
+        parts = self._run(plan, m, transport)
+        return _assemble(op, parts, fields, plan.axes, device)
 
-        # --- how to split: the batch axis of each tensor, and how many rows per request
-        x = tensors["inputs.x"]
-        k = 1
-        axes: dict[str, int] = {}
-        if op == "vjp" and fields.get("is_grads_batched"):
-            k = tensors["grad_outputs"].shape[0] if tensors["grad_outputs"].ndim == 3 else 1
-        if op == "jvp":
-            tx, tt = tensors.get("tangents.x"), tensors.get("tangents.t")
-            k = max(tx.shape[0] if tx is not None and tx.ndim == 3 else 1, tt.shape[0] if tt is not None and tt.ndim == 2 else 1)
-        for name, a in tensors.items():
-            if name == "grad_outputs":
-                axes[name] = 1 if fields.get("is_grads_batched") else 0
-            elif name == "tangents.x":
-                axes[name] = 1 if a.ndim == 3 else 0
-            elif name == "tangents.t":
-                axes[name] = 1 if a.ndim == 2 else 0
-            else:
-                axes[name] = 0
-        b = x.shape[0] if x.ndim == 2 else None
-        splittable = b is not None and b > 1 and all(a.ndim > axes[n] and a.shape[axes[n]] == b for n, a in tensors.items())
-        rows = b or 1
-        per_row = const = None
-        if b is not None and sig is not None:
-            per_row, const = self._answer_size(op, sig, x.shape[1], k, fields)
-        if splittable:
+    # ---- planning -------------------------------------------------------------------------------
+
+    def _plan(
+        self, op: str, m: _Model, sig: Signature | None, tensors: dict[str, np.ndarray], fields: dict, batch_size: int | None
+    ) -> "_Plan":
+        """How many rows per request: ``batch_size`` (else the client's), and what fits the servers'
+        ``max_output_elements`` and ``max_body_bytes``."""
+        plan = _Plan(op, tensors, fields, sig)
+        if plan.splittable:
             want = batch_size if batch_size is not None else self.batch_size
-            if want is not None:
-                if int(want) < 1:
-                    raise ValueError("batch_size must be at least 1")
-                rows = min(rows, int(want))
+            if want is not None and int(want) < 1:
+                raise ValueError("batch_size must be at least 1")
             max_out, max_body = self._server_limits()
-            if per_row and max_out is not None:
-                rows = min(rows, max(1, (max_out - const) // per_row))
-            if max_body is not None:
-                row_bytes = sum(a.nbytes // b for a in tensors.values()) * 4 // 3 + 64
-                fixed = (sig.weight_bytes if sig is not None and m.id is None else 0) * 4 // 3 + 4096
-                rows = min(rows, max(1, (max_body - fixed) // max(1, row_bytes)))
-        chunks = [(lo, min(b, lo + rows)) for lo in range(0, b, rows)] if splittable and rows < b else [None]
+            fixed = (sig.weight_bytes if sig is not None and m.id is None else 0) * 4 // 3 + 4096
+            plan.split(want, max_out, max_body, fixed)
+        return plan
 
-        # --- an inline model used by several requests is registered once, then referred to by id
-        if len(chunks) > 1 and m.id is None:
-            fp = fingerprint(m.model)
-            with self._lock:
-                mid = self._ids.get(fp)
-            if mid is None or mid not in self._known:
-                mid = self.register(m.model)
-            m = _Model(mid, None, m.sig)
+    def _by_id(self, m: _Model) -> _Model:
+        """An inline model used by several requests is registered once, then referred to by id."""
+        if m.id is not None:
+            return m
+        fp = fingerprint(m.model)
+        with self._lock:
+            mid = self._ids.get(fp)
+        if mid is None or mid not in self._known:
+            mid = self.register(m.model)
+        return _Model(mid, None, m.sig)
 
-        def answer_bytes(nrows: int) -> int | None:
-            if per_row is None:
-                return None
-            if op == "divergence":  # per_row bounds the work there; the answer is one number per row
-                return nrows * (1 + (sig.out_width(x.shape[1]) if fields.get("return_outputs") else 0)) * dtype.itemsize
-            return (per_row * nrows + const) * dtype.itemsize
+    # ---- transport ------------------------------------------------------------------------------
 
-        def run_chunk(i: int, span: tuple[int, int] | None) -> dict:
-            url = self.urls[(i if len(chunks) > 1 else next(self._turn)) % len(self.urls)]
-            if span is None:
-                part = tensors
-            else:
-                lo, hi = span
-                part = {n: a[(slice(None),) * axes[n] + (slice(lo, hi),)] for n, a in tensors.items()}
-            nrows = (span[1] - span[0]) if span else (b or 1)
+    def _run(self, plan: "_Plan", m: _Model, transport: str) -> list[dict]:
+        """The answers of the plan's spans, in order: one span on the next server in turn; several spread
+        over the servers, in parallel with ``parallel`` > 1."""
+        spans = plan.spans
+
+        def run_span(i: int, span: tuple[int, int] | None) -> dict:
+            url = self.urls[(i if len(spans) > 1 else next(self._turn)) % len(self.urls)]
+            part = plan.part(span)
+            answer_bytes = plan.answer_bytes(plan.rows(span))
             return self._with_reregistration(
-                url, m, lambda mid: self._send(url, op, m, mid, part, fields, transport, answer_bytes(nrows))
+                url, m, lambda mid: self._send(url, plan.op, m, mid, part, plan.fields, transport, answer_bytes)
             )
 
-        if len(chunks) == 1:
-            parts = [run_chunk(0, chunks[0])]
-        elif self.parallel <= 1:
-            parts = [run_chunk(i, c) for i, c in enumerate(chunks)]
-        else:
-            futures = [self._executor().submit(run_chunk, i, c) for i, c in enumerate(chunks)]
-            parts = [f.result() for f in futures]
-        merged = parts[0] if len(parts) == 1 else _merge(op, parts, fields, axes)
-        if op == "vjp" and "params" in (fields.get("wrt") or []):
-            merged.setdefault("grads", {}).setdefault("params", {})  # a model without parameters
-        result = wrap(_to_torch(merged, device) if device is not None else merged)
-        result.requests = len(parts)
-        return result
-
-    @staticmethod
-    def _answer_size(op: str, sig: Signature, d: int, k: int, fields: dict) -> tuple[int, int]:
-        """Numbers in the answer: per row, and independent of the rows (as the server counts them)."""
-        dp = sig.out_width(d)
-        outputs = dp if fields.get("return_outputs", True) else 0
-        if op == "forward":
-            return dp, 0
-        if op == "vjp":
-            wrt = fields.get("wrt") or ["x"]
-            per = outputs + (k * d if "x" in wrt else 0) + (k if "t" in wrt else 0)
-            return per, (k * sig.parameter_count if "params" in wrt else 0)
-        if op == "jvp":
-            return outputs + k * dp, 0
-        if op == "jacobian":
-            wrt = fields.get("wrt") or ["x"]
-            return outputs + (dp * d if "x" in wrt else 0) + (dp if "t" in wrt else 0), 0
-        # divergence: the server bounds the work it does, not just the answer
-        if fields.get("method") == "hutchinson":
-            return int(fields.get("probes", 16)) * max(d, dp), 0
-        return dp * d, 0
+        if len(spans) == 1:
+            return [run_span(0, spans[0])]
+        if self.parallel <= 1:
+            return [run_span(i, c) for i, c in enumerate(spans)]
+        futures = [self._executor().submit(run_span, i, c) for i, c in enumerate(spans)]
+        return [f.result() for f in futures]
 
     def _send(
         self,
@@ -661,45 +615,174 @@ class Client:
         transport: str,
         answer_bytes: int | None,
     ) -> dict:
-        doc: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
+        """One HTTP exchange (``request`` retries 503s): the request in the chosen encoding, the answer decoded."""
         nbytes = sum(a.nbytes for a in tensors.values())
         if mid is None and m.sig is not None:
             nbytes += m.sig.weight_bytes
-        if transport == "auto":
-            binary_in = nbytes > self.binary_threshold
-            big_answer = answer_bytes > self.binary_threshold if answer_bytes is not None else op == "jacobian"
-            encoding = "safetensors" if big_answer else "base64"
-        else:
-            binary_in = transport == "safetensors"
-            encoding = transport
+        binary_in, encoding = _choose_encoding(transport, op, nbytes, answer_bytes, self.binary_threshold)
+        doc: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
         doc["output_encoding"] = encoding
-        if binary_in:
-            binary = dict(tensors)
-            if mid is None:
-                jmodel, binw = to_json(m.model, binary=True)
-                doc["model"] = jmodel
-                binary.update({f"model.weights.{k}": v for k, v in binw.items()})
-            else:
-                doc["model"] = mid
-            body = write_safetensors(binary, {"request": json.dumps(doc, allow_nan=False)})
-            ctype = "application/octet-stream"
-        else:
-            lists = transport == "json"
-            doc["model"] = mid if mid is not None else to_json(m.model, lists=lists)[0]
-            for path, a in tensors.items():
-                head, _, rest = path.partition(".")
-                form = a.tolist() if lists else b64_form(a)
-                if rest:
-                    doc.setdefault(head, {})[rest] = form
-                else:
-                    doc[head] = form
-            body = json.dumps(doc, allow_nan=False).encode()
-            ctype = "application/json"
+        body, ctype = _encode_request(doc, m, mid, tensors, binary_in, lists=transport == "json")
         r = self.request("POST", f"/v1/{op}", data=body, content_type=ctype, url=url)
         if r.headers.get("Content-Type", "").startswith("application/octet-stream"):
             return decode_safetensors_answer(bytearray(r.content))
-        dtype = m.sig.dtype if m.sig is not None else None
-        return decode_json_answer(r.json(), dtype)
+        return decode_json_answer(r.json(), m.sig.dtype if m.sig is not None else None)
+
+
+# ------------------------------------------------------------------------------------------------
+# planning: the batch axes, the spans of rows per request, the answer's size, the encoding
+# ------------------------------------------------------------------------------------------------
+
+
+def _batch_axes(op: str, tensors: dict[str, np.ndarray], fields: dict) -> tuple[dict[str, int], int]:
+    """The batch axis of each tensor (1 behind a leading K of batched cotangents/tangents), and K."""
+    k = 1
+    if op == "vjp" and fields.get("is_grads_batched"):
+        k = tensors["grad_outputs"].shape[0] if tensors["grad_outputs"].ndim == 3 else 1
+    if op == "jvp":
+        tx, tt = tensors.get("tangents.x"), tensors.get("tangents.t")
+        k = max(tx.shape[0] if tx is not None and tx.ndim == 3 else 1, tt.shape[0] if tt is not None and tt.ndim == 2 else 1)
+    axes: dict[str, int] = {}
+    for name, a in tensors.items():
+        if name == "grad_outputs":
+            axes[name] = 1 if fields.get("is_grads_batched") else 0
+        elif name == "tangents.x":
+            axes[name] = 1 if a.ndim == 3 else 0
+        elif name == "tangents.t":
+            axes[name] = 1 if a.ndim == 2 else 0
+        else:
+            axes[name] = 0
+    return axes, k
+
+
+def _answer_size(op: str, sig: Signature, d: int, k: int, fields: dict) -> tuple[int, int]:
+    """Numbers in the answer: per row, and independent of the rows (as the server counts them)."""
+    dp = sig.out_width(d)
+    outputs = dp if fields.get("return_outputs", True) else 0
+    if op == "forward":
+        return dp, 0
+    if op == "vjp":
+        wrt = fields.get("wrt") or ["x"]
+        per = outputs + (k * d if "x" in wrt else 0) + (k if "t" in wrt else 0)
+        return per, (k * sig.parameter_count if "params" in wrt else 0)
+    if op == "jvp":
+        return outputs + k * dp, 0
+    if op == "jacobian":
+        wrt = fields.get("wrt") or ["x"]
+        return outputs + (dp * d if "x" in wrt else 0) + (dp if "t" in wrt else 0), 0
+    # divergence: the server bounds the work it does, not just the answer
+    if fields.get("method") == "hutchinson":
+        return int(fields.get("probes", 16)) * max(d, dp), 0
+    return dp * d, 0
+
+
+class _Plan:
+    """How one compute call is split: its tensors with their batch axes, and ``spans``, the rows of each
+    request (``[None]``: the whole call in one request)."""
+
+    def __init__(self, op: str, tensors: dict[str, np.ndarray], fields: dict, sig: Signature | None):
+        self.op, self.tensors, self.fields, self.sig = op, tensors, fields, sig
+        x = tensors["inputs.x"]
+        self.axes, k = _batch_axes(op, tensors, fields)
+        self.b = x.shape[0] if x.ndim == 2 else None
+        self.d = x.shape[1] if x.ndim == 2 else None
+        self.per_row = self.const = None
+        if self.b is not None and sig is not None:
+            self.per_row, self.const = _answer_size(op, sig, self.d, k, fields)
+        b = self.b
+        self.splittable = (
+            b is not None and b > 1 and all(a.ndim > self.axes[n] and a.shape[self.axes[n]] == b for n, a in tensors.items())
+        )
+        self.spans: list[tuple[int, int] | None] = [None]
+
+    def split(self, want: int | None, max_out: int | None, max_body: int | None, fixed_bytes: int) -> None:
+        """Rows per request: at most ``want``, and what fits ``max_out`` answer numbers and ``max_body``
+        request bytes (``fixed_bytes``: the part of the body that does not grow with the rows)."""
+        b = self.b
+        rows = b
+        if want is not None:
+            rows = min(rows, int(want))
+        if self.per_row and max_out is not None:
+            rows = min(rows, max(1, (max_out - self.const) // self.per_row))
+        if max_body is not None:
+            row_bytes = sum(a.nbytes // b for a in self.tensors.values()) * 4 // 3 + 64
+            rows = min(rows, max(1, (max_body - fixed_bytes) // max(1, row_bytes)))
+        if rows < b:
+            self.spans = [(lo, min(b, lo + rows)) for lo in range(0, b, rows)]
+
+    def part(self, span: tuple[int, int] | None) -> dict[str, np.ndarray]:
+        if span is None:
+            return self.tensors
+        lo, hi = span
+        return {n: a[(slice(None),) * self.axes[n] + (slice(lo, hi),)] for n, a in self.tensors.items()}
+
+    def rows(self, span: tuple[int, int] | None) -> int:
+        return (span[1] - span[0]) if span else (self.b or 1)
+
+    def answer_bytes(self, nrows: int) -> int | None:
+        """The answer's size for ``nrows`` rows (None when the model's signature is unknown)."""
+        if self.per_row is None:
+            return None
+        itemsize = self.sig.dtype.itemsize
+        if self.op == "divergence":  # per_row bounds the work there; the answer is one number per row
+            return nrows * (1 + (self.sig.out_width(self.d) if self.fields.get("return_outputs") else 0)) * itemsize
+        return (self.per_row * nrows + self.const) * itemsize
+
+
+def _choose_encoding(
+    transport: str, op: str, request_bytes: int, answer_bytes: int | None, threshold: int
+) -> tuple[bool, str]:
+    """(whether the request goes as a safetensors body, the answer's ``output_encoding``). ``auto``:
+    binary for whatever exceeds ``threshold`` bytes (an answer of unknown size: binary for a Jacobian)."""
+    if transport != "auto":
+        return transport == "safetensors", transport
+    big_answer = answer_bytes > threshold if answer_bytes is not None else op == "jacobian"
+    return request_bytes > threshold, "safetensors" if big_answer else "base64"
+
+
+# ------------------------------------------------------------------------------------------------
+# transport: the request body
+# ------------------------------------------------------------------------------------------------
+
+
+def _encode_request(
+    doc: dict[str, Any], m: _Model, mid: str | None, tensors: dict[str, np.ndarray], binary: bool, lists: bool
+) -> tuple[bytes, str]:
+    """(body, content type): a safetensors file with the JSON fields in its ``request`` metadata (and
+    an inline model's weights as tensors), or JSON with base64 (or, with ``lists``, nested-list) tensors."""
+    if binary:
+        arrays = dict(tensors)
+        if mid is None:
+            jmodel, binw = to_json(m.model, binary=True)
+            doc["model"] = jmodel
+            arrays.update({f"model.weights.{k}": v for k, v in binw.items()})
+        else:
+            doc["model"] = mid
+        return write_safetensors(arrays, {"request": json.dumps(doc, allow_nan=False)}), "application/octet-stream"
+    doc["model"] = mid if mid is not None else to_json(m.model, lists=lists)[0]
+    for path, a in tensors.items():
+        head, _, rest = path.partition(".")
+        form = a.tolist() if lists else b64_form(a)
+        if rest:
+            doc.setdefault(head, {})[rest] = form
+        else:
+            doc[head] = form
+    return json.dumps(doc, allow_nan=False).encode(), "application/json"
+
+
+# ------------------------------------------------------------------------------------------------
+# merging: the answers of a split batch reassembled
+# ------------------------------------------------------------------------------------------------
+
+
+def _assemble(op: str, parts: list[dict], fields: dict, axes: dict[str, int], device: Any) -> Result:
+    """The call's answer: the parts merged, as torch tensors on ``device`` when the inputs were torch."""
+    merged = parts[0] if len(parts) == 1 else _merge(op, parts, fields, axes)
+    if op == "vjp" and "params" in (fields.get("wrt") or []):
+        merged.setdefault("grads", {}).setdefault("params", {})  # a model without parameters
+    result = wrap(_to_torch(merged, device) if device is not None else merged)
+    result.requests = len(parts)
+    return result
 
 
 def _merge(op: str, parts: list[dict], fields: dict, axes: dict[str, int]) -> dict:

@@ -116,17 +116,23 @@ def write_safetensors(tensors: dict[str, np.ndarray], metadata: dict[str, str] |
     return b"".join([struct.pack("<Q", len(head)), head, *parts])
 
 
-def read_safetensors(buf: bytes | bytearray | memoryview) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Tensors (writable when ``buf`` is a bytearray) and the string metadata of a safetensors file."""
+def read_safetensors_header(buf: bytes | bytearray | memoryview) -> tuple[dict[str, Any], int]:
+    """The JSON header of a safetensors file (``__metadata__`` included, as written) and the offset of its
+    data section (8 + the header's length)."""
     mv = memoryview(buf)
     if len(mv) < 8:
         raise ValueError("safetensors: shorter than its 8-byte header length")
     (n,) = struct.unpack("<Q", mv[:8])
     if 8 + n > len(mv):
         raise ValueError(f"safetensors: header length {n} beyond the {len(mv)}-byte body")
-    header = json.loads(bytes(mv[8 : 8 + n]))
+    return json.loads(bytes(mv[8 : 8 + n])), 8 + n
+
+
+def read_safetensors(buf: bytes | bytearray | memoryview) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Tensors (writable when ``buf`` is a bytearray) and the string metadata of a safetensors file."""
+    mv = memoryview(buf)
+    header, base = read_safetensors_header(mv)
     meta = header.pop("__metadata__", None) or {}
-    base = 8 + n
     tensors = {}
     for name, info in header.items():
         dt = _ST_TO_NP.get(info["dtype"])

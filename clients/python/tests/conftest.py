@@ -1,7 +1,8 @@
 """Fixtures for the client tests: live gradserve servers and PyTorch references.
 
 `server` is one server for the whole session; `start_server(args=[...])` starts others (stopped at
-the end). Everything is checked against PyTorch computed here, never against stored answers.
+the end), all with the repository's shared test support (e2e/support/gradserve_testing), which also
+builds the ToyMLP. Everything is checked against PyTorch computed here, never against stored answers.
 """
 
 from __future__ import annotations
@@ -14,9 +15,10 @@ import pytest
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "e2e" / "support"))
 
-from gs_server import Server, server_binary  # noqa: E402
+from gradserve_testing.server import ServerProcess as Server, server_binary  # noqa: E402
+from gradserve_testing.toymlp import ToyMLP, toy_mlp  # noqa: E402,F401
 
 import gradserve  # noqa: E402
 
@@ -63,32 +65,9 @@ def pytest_report_header(config):
 # ------------------------------------------------------------------------------------------------
 
 
-class ToyMLP(nn.Module):
-    """torchcfm's MLP(dim, w, time_varying=True): net(cat[x, t[:, None]])."""
-
-    def __init__(self, dim: int = 784, w: int = 64, time_varying: bool = True, act=nn.SELU, out_dim: int | None = None):
-        super().__init__()
-        self.time_varying = time_varying
-        out_dim = dim if out_dim is None else out_dim
-        self.net = nn.Sequential(
-            nn.Linear(dim + (1 if time_varying else 0), w),
-            act(),
-            nn.Linear(w, w),
-            act(),
-            nn.Linear(w, w),
-            act(),
-            nn.Linear(w, out_dim),
-        )
-
-    def forward(self, x, t=None):
-        if self.time_varying:
-            x = torch.cat([x, t[:, None]], dim=-1)
-        return self.net(x)
-
-
 def make_toy(dim=12, w=16, time_varying=True, dtype=torch.float64, seed=0, act=nn.SELU, out_dim=None) -> ToyMLP:
-    torch.manual_seed(seed)
-    return ToyMLP(dim, w, time_varying, act, out_dim).to(dtype)
+    """A small ToyMLP (the shared builder, with this suite's defaults: D=12, width 16, float64)."""
+    return toy_mlp(dim, w, time_varying=time_varying, act=act, out_dim=out_dim, seed=seed, dtype=dtype)
 
 
 def inputs(b, d, dtype=torch.float64, seed=1, with_t=True):

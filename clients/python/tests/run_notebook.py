@@ -19,10 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+REPO = Path(__file__).resolve().parents[3]
+sys.path.insert(0, str(REPO / "e2e" / "support"))
 
-from gs_server import REPO, Server  # noqa: E402
+from gradserve_testing.server import ServerProcess  # noqa: E402
 
 
 def main() -> int:
@@ -41,7 +41,7 @@ def main() -> int:
     if args.url:
         url = args.url
     else:
-        server = Server().start()
+        server = ServerProcess().start()
         url = server.url
     os.environ["GRADSERVE_URL"] = url  # the kernel inherits it; the notebook's Client() reads it
     # The figure check below needs the inline backend, whatever MPLBACKEND the machine sets (Agg is common

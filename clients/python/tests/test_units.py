@@ -19,6 +19,7 @@ def test_safetensors_round_trip_and_layout():
     a = np.arange(6, dtype=np.float32).reshape(2, 3)
     b = np.array([1.5, -2.0], dtype=np.float64)
     buf = gradserve.write_safetensors({"inputs.x": a, "inputs.t": b}, {"request": '{"model": "id"}'})
+    # The layout is checked with a deliberately independent reading of the header (not the client's reader).
     (n,) = struct.unpack("<Q", buf[:8])
     assert (8 + n) % 8 == 0
     header = json.loads(buf[8 : 8 + n])

@@ -1,9 +1,9 @@
 """pytest fixtures for the gradserve HTTP tests.
 
 `server` is the URL of one gradserve process for the whole session (a private copy of
-.build/release/gradserve, or $GRADSERVE_BIN), with a temporary data directory; it is stopped
-with SIGTERM at the end. `start_server` starts further servers (other flags, a given data
-directory) that are stopped at the end too.
+$GRADSERVE_BIN, else of .build/release/gradserve, started by the shared test support
+e2e/support/gradserve_testing), with a temporary data directory; it is stopped with SIGTERM at the end.
+`start_server` starts further servers (other flags, a given data directory) that are stopped at the end too.
 """
 
 from __future__ import annotations
@@ -72,3 +72,9 @@ def pytest_report_header(config):
         return f"gradserve binary: {server_binary()}"
     except Exception as e:  # pragma: no cover
         return f"gradserve binary: unavailable ({e})"
+
+
+@pytest.fixture(scope="module")
+def limited_server(start_server):
+    """A server with small output and body limits (one per test module)."""
+    return start_server(["--max-output-elements", "1000", "--max-body-bytes", "20000"])

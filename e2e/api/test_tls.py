@@ -8,7 +8,7 @@ import subprocess
 import pytest
 import requests
 
-from gs_helpers import START_TIMEOUT, TIMEOUT, listening_port, server_binary, wait_healthy
+from gs_helpers import START_TIMEOUT, TIMEOUT, ServerProcess, server_binary
 
 
 def self_signed(key, crt):
@@ -56,19 +56,15 @@ def cert(tmp_path_factory):
 
 def test_https(cert, tmp_path):
     crt, key = cert
-    log_path = tmp_path / "server.log"
-    with open(log_path, "wb") as log:
-        # --port 0: the kernel picks the port at bind time; the test reads it back from the process.
-        proc = subprocess.Popen([str(server_binary()), "serve", "--host", "127.0.0.1", "--port", "0",
-                                 "--data-dir", str(tmp_path / "data"), "--tls-cert", str(crt), "--tls-key", str(key)],
-                                stdout=log, stderr=subprocess.STDOUT)
+    # --port 0: the kernel picks the port at bind time; the server reads it back from the process.
+    s = ServerProcess(tmp_path / "data", ["--tls-cert", str(crt), "--tls-key", str(key)],
+                      scheme="https", health_args={"verify": str(crt)})
     try:
         try:
-            port = listening_port(proc, log_path, START_TIMEOUT)
-            base = f"https://127.0.0.1:{port}"
-            wait_healthy(proc, base, START_TIMEOUT, verify=str(crt))
+            s.start(START_TIMEOUT)
         except RuntimeError as e:
-            pytest.fail(f"HTTPS server did not become healthy: {e}\n{log_path.read_text(errors='replace')[-4000:]}")
+            pytest.fail(f"HTTPS server did not become healthy: {e}")
+        base, port = s.url, s.port
         body = {"model": {"layers": [{"op": "linear", "weight": [[2.0, 0.0], [0.0, 3.0]]}], "dtype": "float64"},
                 "inputs": {"x": [[1.0, 1.0]]}}
         r = requests.post(base + "/v1/forward", json=body, verify=str(crt), timeout=TIMEOUT)
@@ -76,8 +72,7 @@ def test_https(cert, tmp_path):
         with pytest.raises(requests.RequestException):
             requests.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
     finally:
-        proc.terminate()
-        proc.wait(timeout=TIMEOUT)
+        s.stop(TIMEOUT)
 
 
 def test_bad_certificate_paths(tmp_path):

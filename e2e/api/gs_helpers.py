@@ -1,192 +1,34 @@
 """Shared helpers for the gradserve end-to-end and fuzz tests.
 
-Everything here is plain Python: starting/stopping a server process, HTTP helpers,
-tensor wire forms, safetensors encode/decode, random MLPs and their PyTorch reference.
+Servers (ServerProcess, …), RSS readers and the port reader come from the shared test-support package
+(e2e/support/gradserve_testing, re-exported here); safetensors files are written and read by this checkout's
+client (gradserve.tensors). Here: HTTP helpers, tensor wire forms, random MLPs and their PyTorch reference.
 """
 
 from __future__ import annotations
 
-import atexit
 import base64
 import json
-import os
-import re
-import shutil
-import signal
-import struct
-import subprocess
-import tempfile
-import time
+import sys
 from pathlib import Path
 
 import numpy as np
 import requests
 
-from gs_ports import port_from_log, port_from_proc
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_BIN = REPO / ".build" / "release" / "gradserve"
+from gradserve_testing.rss import peak_rss_bytes, vm_rss  # noqa: E402,F401  (re-exported for the tests)
+from gradserve_testing.server import (  # noqa: E402,F401
+    START_TIMEOUT,
+    ServerExited,
+    ServerProcess,
+    listening_port,
+    server_binary,
+    wait_healthy,
+)
+from gradserve.tensors import read_safetensors, read_safetensors_header, write_safetensors  # noqa: E402
 
 TIMEOUT = 120  # seconds, for ordinary requests: an upper bound for a hang, above the server's own 60 s deadline
-START_TIMEOUT = 60  # seconds for a server to start listening and answer /healthz (a loaded 2-core machine is slow)
-
-
-# --------------------------------------------------------------------------------------
-# Server processes
-# --------------------------------------------------------------------------------------
-
-_BIN_COPY: Path | None = None
-
-
-def server_binary() -> Path:
-    """The binary to run: $GRADSERVE_BIN, else a private copy of .build/release/gradserve
-    (the owner may rebuild the original at any moment)."""
-    global _BIN_COPY
-    env = os.environ.get("GRADSERVE_BIN")
-    if env:
-        return Path(env)
-    if _BIN_COPY is None or not _BIN_COPY.exists():
-        if not DEFAULT_BIN.exists():
-            raise RuntimeError(f"no server binary at {DEFAULT_BIN}; build it or set GRADSERVE_BIN")
-        # A neutral name: other people's `pkill gradserve` on a shared machine must not hit the
-        # server under test.
-        d = Path(tempfile.mkdtemp(prefix="gsut-bin-"))
-        dst = d / "gs-under-test"
-        shutil.copy2(DEFAULT_BIN, dst)
-        # SwiftPM resource bundles (openapi.yaml) sit beside the binary; copy them too.
-        for bundle in DEFAULT_BIN.parent.glob("*.resources"):
-            shutil.copytree(bundle, d / bundle.name, dirs_exist_ok=True)
-        for bundle in DEFAULT_BIN.parent.glob("*.bundle"):
-            if bundle.is_dir():
-                shutil.copytree(bundle, d / bundle.name, dirs_exist_ok=True)
-        _BIN_COPY = dst
-        atexit.register(shutil.rmtree, d, True)
-    return _BIN_COPY
-
-
-class ServerExited(RuntimeError):
-    """The server process ended while it was being started."""
-
-
-def listening_port(proc: subprocess.Popen, log_path: Path | None, timeout: float = START_TIMEOUT) -> int:
-    """The port server process `proc` (started with --port 0, or a given port) has bound: from its start-up
-    log line, else from /proc. Being the port of this very process, a server that another test run
-    started meanwhile can never be mistaken for it. Raises if the process exits or binds nothing in time."""
-    deadline = time.monotonic() + timeout
-    while True:
-        port = port_from_log(log_path) or port_from_proc(proc.pid)
-        if port:
-            return port
-        if proc.poll() is not None:
-            raise ServerExited(f"server exited with {proc.returncode} before listening")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"server did not start listening within {timeout}s")
-        time.sleep(0.05)
-
-
-def wait_healthy(proc: subprocess.Popen, url: str, timeout: float = START_TIMEOUT, **request_args) -> None:
-    """Polls GET {url}/healthz until it answers 200 (the process must stay alive meanwhile)."""
-    deadline = time.monotonic() + timeout
-    last = None
-    while True:
-        if proc.poll() is not None:
-            raise ServerExited(f"server exited with {proc.returncode} while starting")
-        try:
-            r = requests.get(url + "/healthz", timeout=10, **request_args)
-            if r.status_code == 200:
-                return
-            last = f"status {r.status_code}"
-        except requests.RequestException as e:
-            last = repr(e)
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"server did not become healthy within {timeout}s (last: {last})")
-        time.sleep(0.05)
-
-
-class ServerProcess:
-    """One `gradserve serve` process on a port of its own (--port 0: the kernel picks one at bind time,
-    so there is no window in which another process can take it)."""
-
-    def __init__(self, data_dir: str | Path, extra_args: list[str] | None = None, env: dict | None = None):
-        self.data_dir = Path(data_dir)
-        self.extra_args = list(extra_args or [])
-        self.env = env
-        self.proc: subprocess.Popen | None = None
-        self.port: int | None = None
-        self.log_path: Path | None = None
-        self._log = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def start(self, timeout: float = START_TIMEOUT) -> str:
-        fd, log = tempfile.mkstemp(prefix="gsut-log-", suffix=".txt")
-        os.close(fd)
-        self.log_path = Path(log)
-        self._log = open(self.log_path, "wb")
-        cmd = [
-            str(server_binary()), "serve", "--host", "127.0.0.1", "--port", "0",
-            "--data-dir", str(self.data_dir), *self.extra_args,
-        ]
-        env = dict(os.environ)
-        env.pop("GRADSERVE_API_KEY", None)
-        if self.env:
-            env.update(self.env)
-        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + timeout
-        try:
-            self.port = listening_port(self.proc, self.log_path, timeout)
-            wait_healthy(self.proc, self.url, max(1.0, deadline - time.monotonic()))
-        except RuntimeError as e:
-            self.stop()
-            raise RuntimeError(f"{e}: {self.log()}") from None
-        return self.url
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:] if self.log_path else ""
-        except OSError:
-            return ""
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def stop(self, timeout: float = 15.0) -> int | None:
-        if self.proc is None:
-            return None
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
-        if self._log and not self._log.closed:
-            self._log.close()
-        return self.proc.returncode
-
-
-def _status_bytes(pid: int, field: str) -> int | None:
-    """A size field (`VmRSS`, `VmHWM`, …) of /proc/<pid>/status in bytes, or None without /proc."""
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def peak_rss_bytes(pid: int) -> int | None:
-    """Process `pid`'s peak resident set size (VmHWM), or None without /proc."""
-    return _status_bytes(pid, "VmHWM")
-
-
-def vm_rss(pid: int) -> int | None:
-    """Process `pid`'s resident set size now (VmRSS), or None without /proc."""
-    return _status_bytes(pid, "VmRSS")
 
 
 # --------------------------------------------------------------------------------------
@@ -307,40 +149,25 @@ def decode_tensor(v, expect_dtype: str | None = None) -> np.ndarray:
 
 
 def st_write(tensors: dict[str, np.ndarray | tuple], metadata: dict[str, str] | None = None) -> bytes:
-    """A safetensors file. Values: numpy arrays (F64 if float64 else F32)."""
-    header: dict = {}
-    if metadata:
-        header["__metadata__"] = metadata
-    chunks = []
-    offset = 0
+    """A safetensors file (the client's writer). Values: numpy arrays (F64 if float64 else F32)."""
+    arrays = {}
     for name, arr in tensors.items():
-        arr = np.ascontiguousarray(arr)
-        if arr.dtype == np.float64:
-            dt, raw = "F64", arr.astype("<f8").tobytes()
-        else:
-            dt, raw = "F32", arr.astype("<f4").tobytes()
-        header[name] = {"dtype": dt, "shape": list(arr.shape), "data_offsets": [offset, offset + len(raw)]}
-        chunks.append(raw)
-        offset += len(raw)
-    h = json.dumps(header).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    return struct.pack("<Q", len(h)) + h + b"".join(chunks)
+        arr = np.asarray(arr)
+        arrays[name] = arr.astype("<f8") if arr.dtype == np.float64 else arr.astype("<f4")
+    return write_safetensors(arrays, metadata)
 
 
 def st_read(data: bytes) -> tuple[dict[str, np.ndarray], dict[str, str], dict]:
-    """Parses a safetensors file: (tensors as float64 arrays, metadata, raw header)."""
+    """Parses a safetensors file with the client's reader: (tensors as float64 arrays, metadata, raw header);
+    each tensor's byte range must hold exactly its shape's elements."""
     assert len(data) >= 8
-    (n,) = struct.unpack("<Q", data[:8])
-    header = json.loads(data[8 : 8 + n])
-    meta = header.pop("__metadata__", {}) or {}
-    body = data[8 + n :]
-    out = {}
+    header, _ = read_safetensors_header(data)
+    header.pop("__metadata__", None)
     for name, info in header.items():
         b, e = info["data_offsets"]
-        dt = ST_NP[info["dtype"]]
-        assert e - b == int(np.prod(info["shape"])) * dt.itemsize, (name, info)
-        out[name] = np.frombuffer(body[b:e], dtype=dt).reshape(info["shape"]).astype(np.float64)
-    return out, meta, header
+        assert e - b == int(np.prod(info["shape"])) * ST_NP[info["dtype"]].itemsize, (name, info)
+    tensors, meta = read_safetensors(data)
+    return {name: arr.astype(np.float64) for name, arr in tensors.items()}, meta, header
 
 
 def decode_answer(r: requests.Response, model_dtype: str, encoding: str) -> dict:

@@ -2,7 +2,7 @@
 # Protocol-adapter tests (Tesseract, tesseract-jax, UM-Bridge) with the official clients from PyPI,
 # against a live gradserve that the tests start themselves.
 #
-#   tests/adapters/run_tests.sh [pytest args...]
+#   e2e/adapters/run_tests.sh [pytest args...]
 #
 # Environment:
 #   GRADSERVE_VENV  the Python (3.11+) venv to use; missing packages are installed into it
@@ -50,4 +50,4 @@ fi
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 
 cd "$REPO"
-exec "$PY" -m pytest tests/adapters -q -p no:cacheprovider "$@"
+exec "$PY" -m pytest e2e/adapters -q -p no:cacheprovider "$@"

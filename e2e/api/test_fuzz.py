@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import requests
 
-from gs_helpers import MLP, assert_problem, describe, error_paths, get, post, st_write, wire
+from gs_helpers import MLP, assert_problem, describe, error_paths, get, post, read_safetensors_header, st_write, wire
 
 # Seconds a malformed request may take before it counts as a hang: an upper bound that only a hang
 # reaches (the server's own deadline is 60 s), not a speed claim; a loaded 2-core machine may take
@@ -562,11 +562,12 @@ def safetensors_bases():
 
 
 def st_header(data: bytes):
-    (n,) = struct.unpack("<Q", data[:8])
-    return n, json.loads(data[8: 8 + n])
+    header, base = read_safetensors_header(data)
+    return base - 8, header
 
 
 def st_rebuild(header: dict, payload: bytes) -> bytes:
+    """A safetensors file with any header, broken ones included (which the client's writer never writes)."""
     h = json.dumps(header).encode()
     h += b" " * ((8 - len(h) % 8) % 8)
     return struct.pack("<Q", len(h)) + h + payload

@@ -35,7 +35,6 @@ import select
 import signal
 import socket
 import subprocess
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -57,7 +56,6 @@ from gs_helpers import (
     delete,
     describe,
     get,
-    listening_port,
     vm_rss,
     post,
     ref_divergence,
@@ -66,7 +64,6 @@ from gs_helpers import (
     ref_jvp,
     ref_vjp,
     server_binary,
-    wait_healthy,
     wire,
 )
 
@@ -210,19 +207,9 @@ def wait_pending(url: str, at_least: int, timeout: float = HANG) -> dict:
 
 def start_with_host(_servers, data_dir: Path, extra_args: list[str], host_header: str) -> ServerProcess:
     """Like start_server, for a server that only answers a given Host (its /healthz included)."""
-    s = ServerProcess(data_dir, extra_args)
-    fd, log = tempfile.mkstemp(prefix="gsut-log-", suffix=".txt")
-    os.close(fd)
-    s.log_path = Path(log)
-    s._log = open(s.log_path, "wb")
-    env = dict(os.environ)
-    env.pop("GRADSERVE_API_KEY", None)
-    s.proc = subprocess.Popen([str(server_binary()), "serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data_dir),
-                               *extra_args], stdout=s._log, stderr=subprocess.STDOUT, env=env)
+    s = ServerProcess(data_dir, extra_args, health_args={"headers": {"Host": host_header}})
     _servers.append(s)
-    s.port = listening_port(s.proc, s.log_path, START_TIMEOUT)
-    wait_healthy(s.proc, s.url, START_TIMEOUT, headers={"Host": host_header.format(port=s.port)})
-    return s
+    return s.start(START_TIMEOUT)
 
 
 # ======================================================================================

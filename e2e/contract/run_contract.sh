@@ -93,32 +93,18 @@ log "starting $BIN (copy) on a port of its own, data dir $WORK/data"
 SERVER_PID=$!
 
 # The port the server process listens on: from its start-up line ("Server started and listening on
-# 127.0.0.1:41234"), else from /proc (its own sockets in LISTEN state); empty until it listens.
+# 127.0.0.1:41234"), else from /proc (its own sockets in LISTEN state); empty until it listens. The reader is
+# the shared test support's (e2e/support/gradserve_testing/ports.py).
 listening_port() {
-    "$VENV/bin/python" - "$SERVER_PID" "$SERVER_LOG" <<'PY'
-import os, re, sys
+    PYTHONPATH="$ROOT/e2e/support" "$VENV/bin/python" - "$SERVER_PID" "$SERVER_LOG" <<'PY'
+import sys
+from pathlib import Path
 
-pid, log = sys.argv[1], sys.argv[2]
-try:
-    m = re.search(rb"listening on \S+:(\d+)", open(log, "rb").read())
-except OSError:
-    m = None
-if m and int(m.group(1)):
-    print(int(m.group(1)))
-    sys.exit()
-try:
-    inodes = {os.readlink(f"/proc/{pid}/fd/{fd}")[8:-1] for fd in os.listdir(f"/proc/{pid}/fd")
-              if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:[")}
-    ports = set()
-    for table in ("tcp", "tcp6"):
-        for row in open(f"/proc/{pid}/net/{table}").read().splitlines()[1:]:
-            cols = row.split()  # local_address "ADDR:PORT" in hex, state 0A = LISTEN, column 9 = inode
-            if len(cols) > 9 and cols[3] == "0A" and cols[9] in inodes:
-                ports.add(int(cols[1].rsplit(":", 1)[1], 16))
-    if len(ports) == 1:
-        print(ports.pop())
-except OSError:
-    pass
+from gradserve_testing.ports import port_from_log, port_from_proc
+
+port = port_from_log(Path(sys.argv[2])) or port_from_proc(int(sys.argv[1]))
+if port:
+    print(port)
 PY
 }
 
@@ -186,7 +172,7 @@ CHECKS+=,response_headers_conformance,negative_data_rejection,unsupported_method
 CHECKS+=,operations_reach_success
 log "schemathesis ($MAX_EXAMPLES examples per operation, deterministic) against $LOCATION"
 set +e
-PYTHONPATH="$ROOT/tests/contract${PYTHONPATH:+:$PYTHONPATH}" SCHEMATHESIS_HOOKS=st_hooks \
+PYTHONPATH="$ROOT/e2e/contract${PYTHONPATH:+:$PYTHONPATH}" SCHEMATHESIS_HOOKS=st_hooks \
     timeout --kill-after=10 "$RUN_TIMEOUT" "$VENV/bin/schemathesis" --no-color run "$LOCATION" "${EXTRA[@]}" \
     --checks "$CHECKS" \
     --max-examples "$MAX_EXAMPLES" \

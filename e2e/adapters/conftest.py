@@ -1,15 +1,16 @@
 """Fixtures for the protocol-adapter tests (Tesseract and UM-Bridge), run with the official
 clients from PyPI against a live gradserve.
 
-- `server`: the URL of one gradserve for the session. The binary ($GRADSERVE_BIN, absolute, or
-  .build/release/gradserve) is copied, with its sibling `*.resources` bundles, into a temporary
-  folder under a neutral name and started with `serve --host 127.0.0.1 --port 0 --data-dir <tmp>`
-  (the kernel picks the port when the server binds it; the fixture reads it back from the process);
-  it is stopped with SIGTERM (by its own pid) at the end.
+- `server`: the URL of one gradserve for the session, started by the shared test support
+  (e2e/support/gradserve_testing.server.ServerProcess): a private copy of $GRADSERVE_BIN (or
+  .build/release/gradserve) with its sibling `*.resources` bundles, under a neutral name, started with
+  `serve --host 127.0.0.1 --port 0 --data-dir <tmp>` (the kernel picks the port when the server binds it;
+  it is read back from the process); it is stopped with SIGTERM (by its own pid) at the end.
 - `models`: the test models, registered with POST /v1/models, each with its PyTorch twin
   (float64 reference built from the very same weights):
     toy32 / toy64   ToyMLP: x [B, 784], t [B]; Linear(785, 64) → SELU → 2×[Linear(64, 64) → SELU]
-                    → Linear(64, 784) (torchcfm's MLP(784, time_varying=True, w=64) with SELU)
+                    → Linear(64, 784) (torchcfm's MLP(784, time_varying=True, w=64) with SELU; the
+                    shared builder gradserve_testing.toymlp.toy_mlp)
     small32 / small64   no t: x [B, 6]; Linear(6, 16) → Tanh → Linear(16, 16) → SiLU → Linear(16, 4)
 - `need(module)`: imports a client package or FAILS the test with a clear message (never skips).
 - References (`ref_*`) are computed in float64 with torch.autograd.grad, torch.func.jvp and
@@ -22,22 +23,14 @@ from __future__ import annotations
 
 import base64
 import importlib
-import os
-import re
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-# One port reader for every suite (tests/python/gs_ports.py, standard library only).
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "tests" / "python"))
-from gs_ports import port_from_log, port_from_proc  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "support"))
+from gradserve_testing.server import ServerProcess  # noqa: E402
 
 
 try:
@@ -45,14 +38,14 @@ try:
     import requests
     import torch
     import torch.func
+
+    from gradserve_testing.toymlp import toy_mlp as shared_toy_mlp
 except ImportError as e:  # a clear, loud message instead of a bare collection error
     raise ImportError(
-        f"tests/adapters needs numpy, requests and torch in the test venv ({sys.executable}): {e}. "
-        "Run tests/adapters/run_tests.sh, which installs what is missing into $GRADSERVE_VENV."
+        f"e2e/adapters needs numpy, requests and torch in the test venv ({sys.executable}): {e}. "
+        "Run e2e/adapters/run_tests.sh, which installs what is missing into $GRADSERVE_VENV."
     ) from e
 
-REPO = Path(__file__).resolve().parents[2]
-DEFAULT_BIN = REPO / ".build" / "release" / "gradserve"
 TOL = {"float32": 1e-5, "float64": 1e-10}
 B = 3  # batch size of the tests
 
@@ -74,7 +67,7 @@ def need(module: str):
         pytest.fail(
             f"cannot import {module!r} ({type(e).__name__}: {e}) with {sys.executable}. "
             f"Install it: `{sys.executable} -m pip install '{PIP_NAMES.get(top, top)}'` "
-            "(tests/adapters/run_tests.sh does this for $GRADSERVE_VENV).",
+            "(e2e/adapters/run_tests.sh does this for $GRADSERVE_VENV).",
             pytrace=False,
         )
 
@@ -87,7 +80,7 @@ def pytest_runtest_makereport(item, call):
     if rep.skipped:
         reason = rep.longrepr[2] if isinstance(rep.longrepr, tuple) else str(rep.longrepr)
         rep.outcome = "failed"
-        rep.longrepr = f"skipped tests count as failures in tests/adapters: {reason}"
+        rep.longrepr = f"skipped tests count as failures in e2e/adapters: {reason}"
 
 
 # --------------------------------------------------------------------------------------
@@ -95,99 +88,13 @@ def pytest_runtest_makereport(item, call):
 # --------------------------------------------------------------------------------------
 
 
-def source_binary() -> Path:
-    env = os.environ.get("GRADSERVE_BIN")
-    if env:
-        p = Path(env)
-        if not p.is_absolute():
-            raise RuntimeError(f"GRADSERVE_BIN must be an absolute path, got {env!r}")
-        return p
-    return DEFAULT_BIN
-
-
-def private_copy() -> tuple[Path, Path]:
-    """Copies the binary and its sibling resource bundles to a fresh folder under a neutral name
-    (the owner may rebuild the original, and other sessions' cleanups must not hit ours).
-    Returns (binary, folder)."""
-    src = source_binary()
-    if not src.is_file():
-        raise RuntimeError(f"no gradserve binary at {src}: build it (swift build -c release) or set GRADSERVE_BIN")
-    folder = Path(tempfile.mkdtemp(prefix="gs-adapters-bin-"))
-    dst = folder / "gs-adapters-under-test"
-    shutil.copy2(src, dst)
-    for bundle in list(src.parent.glob("*.resources")) + list(src.parent.glob("*.bundle")):
-        if bundle.is_dir():
-            shutil.copytree(bundle, folder / bundle.name, dirs_exist_ok=True)
-    return dst, folder
-
-
-START_TIMEOUT = 60.0  # seconds for the server to listen and answer /healthz (a loaded 2-core machine is slow)
-@dataclass
-class Server:
-    url: str
-    proc: subprocess.Popen
-    log_path: Path
-
-    def log(self) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-4000:]
-        except OSError:
-            return ""
-
-
-def start_server(binary: Path, data_dir: Path, timeout: float = START_TIMEOUT) -> Server:
-    """Starts the server on --port 0 and waits (up to `timeout`) for its port and a 200 from /healthz.
-    The port is read from this very process (its log line, else /proc), so a server of another test run
-    can never be mistaken for it, and no probed port can be taken between probe and bind."""
-    log_path = data_dir.parent / "gs-adapters-server.log"
-    env = dict(os.environ)
-    env.pop("GRADSERVE_API_KEY", None)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [str(binary), "serve", "--host", "127.0.0.1", "--port", "0", "--data-dir", str(data_dir)],
-            stdout=log, stderr=subprocess.STDOUT, env=env,
-        )
-    s = Server("", proc, log_path)
-    deadline = time.monotonic() + timeout
-    port = None
-    while True:
-        if proc.poll() is not None:
-            raise RuntimeError(f"server exited with {proc.returncode}: {s.log()}")
-        if port is None:
-            port = port_from_log(log_path) or port_from_proc(proc.pid)
-            if port:
-                s.url = f"http://127.0.0.1:{port}"
-        if port is not None:
-            try:
-                if requests.get(s.url + "/healthz", timeout=10).status_code == 200:
-                    return s
-            except requests.RequestException:
-                pass
-        if time.monotonic() > deadline:
-            stop_server(s)
-            raise RuntimeError(f"server not {'healthy' if port else 'listening'} within {timeout}s: {s.log()}")
-        time.sleep(0.05)
-
-
-def stop_server(s: Server) -> None:
-    if s.proc.poll() is None:
-        s.proc.send_signal(signal.SIGTERM)  # this process only, by its pid
-        try:
-            s.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            s.proc.kill()
-            s.proc.wait(timeout=5)
-
-
 @pytest.fixture(scope="session")
 def server_process(tmp_path_factory):
-    binary, folder = private_copy()
     data_dir = tmp_path_factory.mktemp("gs-adapters") / "data"
     data_dir.mkdir()
-    s = start_server(binary, data_dir)
+    s = ServerProcess(data_dir).start()
     yield s
-    stop_server(s)
-    shutil.rmtree(folder, ignore_errors=True)
+    s.stop()
 
 
 @pytest.fixture(scope="session")
@@ -236,10 +143,8 @@ class Net(torch.nn.Module):
 
 
 def toy_mlp(dim: int = 784, w: int = 64, seed: int = 0) -> Net:
-    """The ToyMLP: Linear(dim+1, w) → SELU → 2×[Linear(w, w) → SELU] → Linear(w, dim), with t."""
-    torch.manual_seed(seed)
-    return Net([torch.nn.Linear(dim + 1, w), torch.nn.SELU(), torch.nn.Linear(w, w), torch.nn.SELU(),
-                torch.nn.Linear(w, w), torch.nn.SELU(), torch.nn.Linear(w, dim)], has_t=True)
+    """The ToyMLP (the shared builder's layers): Linear(dim+1, w) → SELU → 2×[Linear(w, w) → SELU] → Linear(w, dim), with t."""
+    return Net(list(shared_toy_mlp(dim, w, seed=seed).net), has_t=True)
 
 
 def small_mlp(seed: int = 1) -> Net:

@@ -1,7 +1,7 @@
 """Which port a `gradserve serve --port 0` process has bound, read back from the process itself.
 
-The one copy for every suite and bench script that starts a server (tests/python, tests/adapters,
-clients/python/tests): standard library only, so any of them can import it.
+The one copy for every suite and bench script that starts a server (through `gradserve_testing.server`):
+standard library only.
 """
 
 from __future__ import annotations

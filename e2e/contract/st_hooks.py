@@ -4,6 +4,9 @@
   body must be a well-formed safetensors file holding exactly the tensors the JSON answer of the
   same operation would hold, named by their JSON path, with the other fields in `__metadata__`.
   It returns the body as text so that the OpenAPI schema (`type: string, format: binary`) applies.
+  This decoder is deliberately independent of the client's (gradserve.read_safetensors): it checks the
+  server's answers against the documented layout (header length, header keys, dtypes, shapes, data
+  offsets), as a second implementation that shares none of the client's assumptions.
 - A deserializer for `application/json+base64` answers (the Tesseract adapter's base64 format, chosen by
   `Accept`): the body is JSON, so the OpenAPI schema of that media type applies to it.
 - `before_call`: every other POST to a Tesseract compute endpoint asks for `application/json+base64`
