@@ -16,7 +16,7 @@ public func buildApplication(
     if logger.logLevel > .info { logger.logLevel = .info }
     BLASRuntime.setThreads(configuration.blasThreads)
     let registry = try ModelRegistry(
-        dataDirectory: configuration.dataDirectory, logger: logger,
+        dataDirectory: configuration.dataDirectory, modelsDirectory: configuration.modelsDirectory, logger: logger,
         quota: .init(maxModels: configuration.maxModels, maxBytes: configuration.maxRegistryBytes))
     let pool = ComputePool(
         workers: configuration.workers, maxQueued: configuration.maxQueued, threadsPerJob: configuration.threadsPerRequest, metrics: metrics)

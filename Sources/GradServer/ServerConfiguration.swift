@@ -8,6 +8,8 @@ public struct ServerConfiguration: Sendable {
     public var port = 8080
     /// Where registered models persist.
     public var dataDirectory = "./data"
+    /// A read-only directory of model files every replica loads at start (`--models-dir`), or nil.
+    public var modelsDirectory: String?
     /// Largest request body in bytes (413 above).
     public var maxBodyBytes = 256 << 20
     /// Largest answer, in numbers (422 above, before computing).

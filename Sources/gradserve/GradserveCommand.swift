@@ -40,6 +40,11 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(help: "Interface to bind (0.0.0.0 for every interface).") var host = "127.0.0.1"
     @Option(help: "Port to listen on.") var port = 8080
     @Option(help: "Directory where registered models persist.") var dataDir = "./data"
+    @Option(
+        help: ArgumentHelp(
+            "Read-only directory of model files loaded at start (registry files or POST /v1/models bodies, *.json).",
+            discussion: "Every replica started with the same directory serves the same models by the same ids; a bad file stops the start."))
+    var modelsDir: String?
     @Option(help: "Bearer token required on /v1/* (default: $GRADSERVE_API_KEY; none when unset).") var apiKey: String?
     @Option(help: "Largest request body in bytes (K, M, G suffixes: KiB, MiB, GiB).", transform: ByteSize.parse) var maxBodyBytes = 256 << 20
     @Option(help: "Largest answer in numbers (refused with 422 before computing).") var maxOutputElements = 1 << 24
@@ -124,6 +129,7 @@ struct ServeCommand: AsyncParsableCommand {
         config.host = host
         config.port = port
         config.dataDirectory = dataDir
+        config.modelsDirectory = modelsDir
         config.apiKey = apiKey ?? ProcessInfo.processInfo.environment["GRADSERVE_API_KEY"].flatMap { $0.isEmpty ? nil : $0 }
         config.maxBodyBytes = maxBodyBytes
         config.maxOutputElements = maxOutputElements

@@ -16,6 +16,8 @@ public struct RegisteredModel: Sendable {
     public let created: String
     /// The validated model.
     public let model: AnyModel
+    /// Whether it came from `--models-dir` (read-only: it cannot be deleted through the API).
+    public var preloaded = false
 }
 
 /// Content-addressed models, persisted one file each under `<data-dir>/models/`.
@@ -29,6 +31,9 @@ public struct RegisteredModel: Sendable {
 /// racing DELETE either comes before (and the model is registered again) or after (and it is
 /// gone from memory and disk alike). Quotas bound the number of models and the bytes of their
 /// files; a full quota or a full disk is 507 and leaves no partial file.
+///
+/// Models from `--models-dir` (read-only, shipped with a deployment so every replica has them)
+/// are loaded once at start, count against no quota, and cannot be deleted (409).
 public final class ModelRegistry: Sendable {
     /// How much the registry may hold.
     public struct Quota: Sendable {
@@ -50,18 +55,56 @@ public final class ModelRegistry: Sendable {
     }
 
     private let directory: URL
+    private let preloaded: [String: RegisteredModel]
     private let state = Mutex(Stored())
     private let writer = Mutex(())
     private let quota: Quota
     private let logger: Logger
 
-    /// Opens (creating if needed) the registry under `dataDirectory` and loads what is there.
-    public init(dataDirectory: String, logger: Logger, quota: Quota = Quota()) throws {
+    /// Opens (creating if needed) the registry under `dataDirectory` and loads what is there,
+    /// then every model file of `modelsDirectory` (a bad one there is a ``StartupError``).
+    public init(dataDirectory: String, modelsDirectory: String? = nil, logger: Logger, quota: Quota = Quota()) throws {
         self.directory = URL(fileURLWithPath: dataDirectory).appendingPathComponent("models")
         self.logger = logger
         self.quota = quota
+        self.preloaded = try modelsDirectory.map { try Self.preload($0, logger: logger) } ?? [:]
         try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
         load()
+    }
+
+    /// Reads every `*.json` file of `path`: a registry file (`id`, `created`, `model`; the id
+    /// must match the content) or a `POST /v1/models` body (`model`, optional `name`).
+    private static func preload(_ path: String, logger: Logger) throws -> [String: RegisteredModel] {
+        let dir = URL(fileURLWithPath: path)
+        let files: [String]
+        do { files = try FileManager.default.contentsOfDirectory(atPath: path).filter { $0.hasSuffix(".json") }.sorted() } catch {
+            throw StartupError(message: "--models-dir \(path): cannot be read (\(error.localizedDescription))")
+        }
+        var models: [String: RegisteredModel] = [:]
+        let created = ISO8601DateFormatter().string(from: Date())
+        for file in files {
+            let url = dir.appendingPathComponent(file)
+            do {
+                let data = try Data(contentsOf: url)
+                guard case .object(let o) = try JSONParser.parse([UInt8](data)), let m = o["model"] else {
+                    throw GradError.invalid("", "expected a JSON object with a model (a registry file or a POST /v1/models body)")
+                }
+                let model = try ModelDecoder.decode(m)
+                let id = Self.id(of: model)
+                if case .string(let stated)? = o["id"], stated != id {
+                    throw GradError.invalid("id", "is \(stated), but the model's content has id \(id)")
+                }
+                var name: String? = nil
+                if case .string(let n)? = o["name"] { name = n }
+                var stamp = created
+                if case .string(let c)? = o["created"] { stamp = c }
+                models[id] = RegisteredModel(id: id, name: name, created: stamp, model: model, preloaded: true)
+            } catch {
+                throw StartupError(message: "--models-dir: \(url.path): \(error)")
+            }
+        }
+        logger.info("models loaded from --models-dir", metadata: ["models": "\(models.count)", "directory": "\(path)"])
+        return models
     }
 
     /// The content id of `model`.
@@ -70,10 +113,13 @@ public final class ModelRegistry: Sendable {
     }
 
     /// Looks a model up by id.
-    public func get(_ id: String) -> RegisteredModel? { state.withLock { $0.models[id] } }
+    public func get(_ id: String) -> RegisteredModel? { preloaded[id] ?? state.withLock { $0.models[id] } }
 
     /// Every model, oldest first.
-    public func all() -> [RegisteredModel] { state.withLock { Array($0.models.values) }.sorted { ($0.created, $0.id) < ($1.created, $1.id) } }
+    public func all() -> [RegisteredModel] {
+        let registered = state.withLock { Array($0.models.values) }.filter { preloaded[$0.id] == nil }
+        return (Array(preloaded.values) + registered).sorted { ($0.created, $0.id) < ($1.created, $1.id) }
+    }
 
     /// Models held and the bytes of their files.
     public var usage: (models: Int, bytes: Int) { state.withLock { ($0.models.count, $0.totalBytes) } }
@@ -126,9 +172,15 @@ public final class ModelRegistry: Sendable {
             HTTPResponse.Status(code: 507, reasonPhrase: "Insufficient Storage"), title: "Registry full", detail: detail + "; delete models or register fewer")
     }
 
-    /// Removes a model; false when there was none.
+    /// Removes a model; false when there was none; 409 for a model from `--models-dir`.
     public func delete(_ id: String) throws -> Bool {
-        try writer.withLock { _ in
+        if preloaded[id] != nil {
+            throw Problem(
+                .conflict, title: "Model is read-only",
+                detail: "model \(id) comes from --models-dir; remove its file there and restart to drop it",
+                errors: [(path: "id", message: "a --models-dir model cannot be deleted")])
+        }
+        return writer.withLock { _ in
             let removed = state.withLock { s -> Bool in
                 guard s.models.removeValue(forKey: id) != nil else { return false }
                 s.totalBytes -= s.fileBytes.removeValue(forKey: id) ?? 0
