@@ -83,7 +83,8 @@ struct TensorFormTests {
         var w = JSONWriter()
         w.base64(Tensor<Float>(shape: [2, 2], scalars: [1.5, -2, 3, 4]))
         let binary = try TensorDecoder.decode(try JSONParser.parse(w.bytes), at: "x")
-        #expect(nested.cast(to: Double.self).scalars == [1.5, -2, 3, 4] && flat.cast(to: Double.self) == nested.cast(to: Double.self)
+        #expect(
+            nested.cast(to: Double.self).scalars == [1.5, -2, 3, 4] && flat.cast(to: Double.self) == nested.cast(to: Double.self)
                 && binary.cast(to: Double.self) == nested.cast(to: Double.self))
         #expect(binary.dtype == .float32 && binary.shape == [2, 2])
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +13,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 import requests
+import urllib3
 
 from . import errors as E
 from .models import Signature, fingerprint, is_torch_module, normalize, to_json
@@ -30,6 +32,35 @@ __all__ = ["Client", "DEFAULT_URL"]
 DEFAULT_URL = "http://127.0.0.1:8080"
 _TRANSPORTS = ("auto", "base64", "safetensors", "json")
 _USER_AGENT = "gradserve-python/0.1.0"
+
+#: Answers worth trying again: the server (or a load balancer in front of it) could not serve the request
+#: now, and nothing was computed for it (502 from a proxy whose upstream died, 503 queue or memory full or
+#: draining). Every other status, 4xx above all, is final: the same request would get the same answer.
+RETRY_STATUSES = frozenset({502, 503})
+BACKOFF_BASE = 0.2  # seconds before the first retry without a Retry-After; doubles each retry
+BACKOFF_CAP = 5.0  # longest wait between two tries without a Retry-After
+RETRY_AFTER_CAP = 10.0  # longest Retry-After honoured
+
+
+def backoff_delay(attempt: int, retry_after: float | None = None) -> float:
+    """Seconds to wait before retry number ``attempt`` (1, 2, …): the server's ``Retry-After`` when it
+    sent one (at most ``RETRY_AFTER_CAP``), else exponential backoff with jitter, between half and all of
+    ``min(BACKOFF_CAP, BACKOFF_BASE * 2**(attempt-1))`` (so that clients a dead replica dropped at the same
+    moment do not all come back at once)."""
+    if retry_after is not None and retry_after >= 0:
+        return min(RETRY_AFTER_CAP, retry_after)
+    d = min(BACKOFF_CAP, BACKOFF_BASE * 2 ** max(0, attempt - 1))
+    return d / 2 + random.random() * d / 2
+
+
+def retryable(e: BaseException) -> bool:
+    """Whether a failed exchange may be tried again (elsewhere or later): the server was not reached or
+    the connection broke (``ConnectionFailed`` other than a read timeout), or it answered 502 or 503.
+    Every computing route is a pure function of its request and registration is idempotent (the id is
+    the content's hash), so repeating a request whose answer was lost is safe."""
+    if isinstance(e, E.ConnectionFailed):
+        return not e.timed_out
+    return isinstance(e, E.GradserveError) and e.status in RETRY_STATUSES
 
 
 def _wrt(v: str | Sequence[str] | None) -> list[str] | None:
@@ -60,7 +91,10 @@ class Client:
     flight at once for a split batch (default: one per URL). ``transport``: ``"auto"`` (default: base64
     tensors in JSON, switching to binary safetensors bodies for large requests and answers, e.g.
     Jacobians), ``"base64"``, ``"safetensors"`` or ``"json"`` (nested lists, slow, readable).
-    ``retries``: how often a 503 (server busy) is retried after its ``Retry-After``.
+    ``retries``: how often a request is tried again after a connection error (refused, reset, closed
+    before the answer) or a 502 or 503 answer, waiting the answer's ``Retry-After`` or an exponential
+    backoff with jitter (``backoff_delay``); 4xx answers and read timeouts are never retried. With several
+    URLs each retry goes to the next replica at once, and waits only once every replica has failed.
 
     Arrays go in as numpy arrays, torch tensors or nested lists; answers come back as numpy arrays, or
     as torch tensors (on the device of the inputs) when any input was a torch tensor.
@@ -166,9 +200,34 @@ class Client:
         content_type: str | None = None,
         url: str | None = None,
         timeout: float | None = None,
+        retries: int | None = None,
     ) -> requests.Response:
-        """One HTTP request to ``url`` (default: the first server), retrying 503 answers after their
-        ``Retry-After``; raises :class:`GradserveError` (with the problem details) for any non-2xx answer."""
+        """One HTTP request to ``url`` (default: the first server). Connection errors, 502 and 503 are tried
+        again up to ``retries`` times (default: the client's), after the answer's ``Retry-After`` or an
+        exponential backoff (``backoff_delay``); raises :class:`GradserveError` (with the problem details)
+        for any non-2xx answer and :class:`ConnectionFailed` when the server stays unreachable."""
+        retries = self.retries if retries is None else retries
+        attempt = 0
+        while True:
+            try:
+                return self._exchange(method, path, json_body, data, content_type, url, timeout)
+            except E.GradserveError as err:
+                if attempt >= retries or not retryable(err):
+                    raise
+                attempt += 1
+                time.sleep(backoff_delay(attempt, err.retry_after))
+
+    def _exchange(
+        self,
+        method: str,
+        path: str,
+        json_body: Any,
+        data: bytes | None,
+        content_type: str | None,
+        url: str | None,
+        timeout: float | None,
+    ) -> requests.Response:
+        """One try: the answer when it is 2xx, else the exception for it."""
         base = (url or self.urls[0]).rstrip("/")
         full = base + path
         headers = {}
@@ -177,35 +236,32 @@ class Client:
             content_type = content_type or "application/json"
         if content_type:
             headers["Content-Type"] = content_type
-        attempt = 0
-        while True:
+        try:
+            r = self._session().request(method, full, data=data, headers=headers, timeout=timeout or self.timeout, stream=True)
+            # One read of the whole body: requests' own 10 KiB chunks cost ~2x on a 7 MB Jacobian.
             try:
-                r = self._session().request(
-                    method, full, data=data, headers=headers, timeout=timeout or self.timeout, stream=True
-                )
-                # One read of the whole body: requests' own 10 KiB chunks cost ~2x on a 7 MB Jacobian.
-                try:
-                    r._content = r.raw.read(decode_content=True)
-                    r._content_consumed = True
-                finally:
-                    r.close()
-            except requests.Timeout as e:
-                raise E.ConnectionFailed(
-                    None, "Timed out", f"no answer within {timeout or self.timeout} s: {e}", method=method, url=full
-                ) from e
-            except requests.ConnectionError as e:
-                raise E.ConnectionFailed(None, "Connection failed", f"cannot reach {base}: {e}", method=method, url=full) from e
-            if r.status_code < 400:
-                return r
-            err = E.from_response(r.status_code, r.reason, r.headers.get("Content-Type", ""), r.text, r.headers, method, full)
-            if r.status_code == 503 and attempt < self.retries:
-                attempt += 1
-                time.sleep(min(10.0, err.retry_after if err.retry_after is not None else 0.5 * attempt))
-                continue
-            raise err
+                r._content = r.raw.read(decode_content=True)
+                r._content_consumed = True
+            finally:
+                r.close()
+        except requests.ConnectionError as e:  # refused, reset, closed early, or no connection in time
+            raise E.ConnectionFailed(None, "Connection failed", f"cannot reach {base}: {e}", method=method, url=full) from e
+        except requests.Timeout as e:  # the answer did not come in time: the server may still be computing it
+            raise E.ConnectionFailed(
+                None, "Timed out", f"no answer within {timeout or self.timeout} s: {e}", method=method, url=full, timed_out=True
+            ) from e
+        except urllib3.exceptions.ReadTimeoutError as e:  # while reading the body (r.raw.read)
+            raise E.ConnectionFailed(
+                None, "Timed out", f"no answer within {timeout or self.timeout} s: {e}", method=method, url=full, timed_out=True
+            ) from e
+        except (urllib3.exceptions.HTTPError, requests.exceptions.ChunkedEncodingError) as e:  # body cut off
+            raise E.ConnectionFailed(None, "Connection failed", f"answer cut off by {base}: {e}", method=method, url=full) from e
+        if r.status_code < 400:
+            return r
+        raise E.from_response(r.status_code, r.reason, r.headers.get("Content-Type", ""), r.text, r.headers, method, full)
 
-    def _get_json(self, path: str, url: str | None = None) -> Any:
-        return self.request("GET", path, url=url).json()
+    def _get_json(self, path: str, url: str | None = None, retries: int | None = None) -> Any:
+        return self.request("GET", path, url=url, retries=retries).json()
 
     def _each_url(self, fn: Callable[[str], Any]) -> list[Any]:
         if len(self.urls) == 1:
@@ -222,7 +278,7 @@ class Client:
         deadline = time.monotonic() + wait
         while True:
             try:
-                return wrap(self._get_json("/readyz" if ready else "/healthz", url))
+                return wrap(self._get_json("/readyz" if ready else "/healthz", url, retries=0))
             except E.ConnectionFailed:
                 if time.monotonic() >= deadline:
                     raise
@@ -242,10 +298,24 @@ class Client:
         """Registers a model (model-format dict or torch module) on every server and returns its id
         (a content hash: the same model always gets the same id). The client remembers the model, so
         when a server later answers 404 for this id (a restarted replica with a fresh data directory)
-        it registers it again there and retries once."""
+        it registers it again there and retries once. A replica that cannot be reached now (or answers
+        502/503 after the retries) is skipped when another one registered the model: the re-registration
+        on 404 covers it once it is back; only when no server took the model is the error raised."""
         m = self._inline(model)
         fp = fingerprint(m)
-        ids = self._each_url(lambda u: self._register_on(u, m, name))
+
+        def on(u: str) -> str | E.GradserveError:
+            try:
+                return self._register_on(u, m, name)
+            except E.GradserveError as e:
+                if len(self.urls) > 1 and retryable(e):
+                    return e
+                raise
+
+        outcomes = self._each_url(on)
+        ids = [o for o in outcomes if isinstance(o, str)]
+        if not ids:
+            raise outcomes[0]
         mid = ids[0]
         with self._lock:
             self._ids[fp] = mid
@@ -496,7 +566,7 @@ class Client:
                 lim = self._limits.get(u)
             if lim is None:
                 try:
-                    limits = self._get_json("/v1/info", u).get("limits", {})
+                    limits = self._get_json("/v1/info", u, retries=0).get("limits", {})
                     lim = (limits.get("max_output_elements"), limits.get("max_body_bytes"))
                 except E.ConnectionFailed:
                     lim = (None, None)  # not cached: the server may come up later
@@ -590,11 +660,14 @@ class Client:
         spans = plan.spans
 
         def run_span(i: int, span: tuple[int, int] | None) -> dict:
-            url = self.urls[(i if len(spans) > 1 else next(self._turn)) % len(self.urls)]
+            first = i if len(spans) > 1 else next(self._turn)
             part = plan.part(span)
             answer_bytes = plan.answer_bytes(plan.rows(span))
-            return self._with_reregistration(
-                url, m, lambda mid: self._send(url, plan.op, m, mid, part, plan.fields, transport, answer_bytes)
+            return self._failover(
+                first,
+                lambda url, retries: self._with_reregistration(
+                    url, m, lambda mid: self._send(url, plan.op, m, mid, part, plan.fields, transport, answer_bytes, retries)
+                ),
             )
 
         if len(spans) == 1:
@@ -603,6 +676,26 @@ class Client:
             return [run_span(i, c) for i, c in enumerate(spans)]
         futures = [self._executor().submit(run_span, i, c) for i, c in enumerate(spans)]
         return [f.result() for f in futures]
+
+    def _failover(self, first: int, attempt: Callable[[str, int | None], Any]) -> Any:
+        """``attempt(url, retries)`` on server ``first`` (modulo the number of servers). With one server,
+        ``request`` itself retries (``retries`` None: the client's). With several, each try goes to the
+        next server at once (``retries`` 0), and the client backs off only after every server failed in a
+        row; a replica that died or is draining costs its requests no more than one extra exchange."""
+        n = len(self.urls)
+        if n == 1:
+            return attempt(self.urls[0], None)
+        tries = 0
+        while True:
+            url = self.urls[(first + tries) % n]
+            try:
+                return attempt(url, 0)
+            except E.GradserveError as err:
+                if tries >= self.retries or not retryable(err):
+                    raise
+                tries += 1
+                if tries % n == 0:  # a whole round failed: wait before the next
+                    time.sleep(backoff_delay(tries // n, err.retry_after))
 
     def _send(
         self,
@@ -614,8 +707,10 @@ class Client:
         fields: dict,
         transport: str,
         answer_bytes: int | None,
+        retries: int | None = None,
     ) -> dict:
-        """One HTTP exchange (``request`` retries 503s): the request in the chosen encoding, the answer decoded."""
+        """One HTTP exchange (``request`` retries connection errors, 502 and 503 ``retries`` times, default
+        the client's): the request in the chosen encoding, the answer decoded."""
         nbytes = sum(a.nbytes for a in tensors.values())
         if mid is None and m.sig is not None:
             nbytes += m.sig.weight_bytes
@@ -623,7 +718,7 @@ class Client:
         doc: dict[str, Any] = {k: v for k, v in fields.items() if v is not None}
         doc["output_encoding"] = encoding
         body, ctype = _encode_request(doc, m, mid, tensors, binary_in, lists=transport == "json")
-        r = self.request("POST", f"/v1/{op}", data=body, content_type=ctype, url=url)
+        r = self.request("POST", f"/v1/{op}", data=body, content_type=ctype, url=url, retries=retries)
         if r.headers.get("Content-Type", "").startswith("application/octet-stream"):
             return decode_safetensors_answer(bytearray(r.content))
         return decode_json_answer(r.json(), m.sig.dtype if m.sig is not None else None)

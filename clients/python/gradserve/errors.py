@@ -60,8 +60,10 @@ class GradserveError(Exception):
             msg += f"\n  ({self.method} {self.url})"
         return msg
 
+    _STATE = ("type", "retry_after", "method", "url", "body")
+
     def __reduce__(self):  # picklable (worker processes), keyword attributes included
-        state = {k: getattr(self, k) for k in ("type", "retry_after", "method", "url", "body")}
+        state = {k: getattr(self, k) for k in self._STATE}
         return (_rebuild, (self.__class__, self.status, self.title, self.detail, self.errors, state))
 
     @property
@@ -107,7 +109,15 @@ class ServerError(GradserveError):
 
 
 class ConnectionFailed(GradserveError, ConnectionError):
-    """The server could not be reached (refused, reset, timed out on our side)."""
+    """The server could not be reached (refused, reset, closed before the whole answer came, timed out on
+    our side). ``timed_out``: no answer within the client's timeout (the only kind the client does not
+    retry: the server may still be computing)."""
+
+    _STATE = GradserveError._STATE + ("timed_out",)
+
+    def __init__(self, *args: Any, timed_out: bool = False, **kwargs: Any):
+        self.timed_out = timed_out
+        super().__init__(*args, **kwargs)
 
 
 _BY_STATUS: dict[int, type[GradserveError]] = {
