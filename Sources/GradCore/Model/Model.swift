@@ -117,7 +117,7 @@ public enum AnyModel: Sendable, Equatable {
         func names<S>(_ m: Model<S>) -> [String] {
             m.layers.map {
                 if case .activation(let a) = $0 { return a.op }
-                return "linear"
+                return OpDeclaration.linear.name
             }
         }
         switch self {

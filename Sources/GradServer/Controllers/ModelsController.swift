@@ -10,7 +10,7 @@ struct ModelsController: Sendable {
     var endpoints: RouteCollection<GradRequestContext> {
         let routes = RouteCollection(context: GradRequestContext.self)
         routes.post { request, context in try await register(request, context) }
-        routes.get { _, _ in list() }
+        routes.get { _, _ in try list() }
         routes.get(":id") { _, context in try describe(try context.parameters.require("id")) }
         routes.delete(":id") { _, context in try delete(try context.parameters.require("id")) }
         return routes
@@ -28,10 +28,7 @@ struct ModelsController: Sendable {
             try job.admit(ResourcePlan(outputElements: .zero, peakBytes: weightBytes * 3, flops: .zero), path: "model", answerBytesPerNumber: 0)
             return try registry.register(model, name: name)
         }
-        var headers = HTTPFields()
-        headers[.contentType] = "application/json"
-        headers[.location] = "/v1/models/\(entry.id)"
-        return Response(status: created ? .created : .ok, headers: headers, body: .init(byteBuffer: ByteBuffer(bytes: Self.summary(entry))))
+        return try Response.json(ModelSummary(entry), status: created ? .created : .ok, headers: [.location: "/v1/models/\(entry.id)"])
     }
 
     static func decodeRegistration(_ body: ByteBuffer, contentType: String?) throws -> (JSONValue, String?, [String: AnyTensor]) {
@@ -54,20 +51,13 @@ struct ModelsController: Sendable {
         return (model, name, [:])
     }
 
-    func list() -> Response {
-        var w = JSONWriter()
-        w.beginObject()
-        w.key("models")
-        w.beginArray()
-        for entry in registry.all() { w.raw(Self.summary(entry)) }
-        w.endArray()
-        w.endObject()
-        return json(w.bytes)
+    func list() throws -> Response {
+        try Response.json(ModelList(models: registry.all().map(ModelSummary.init)))
     }
 
     func describe(_ id: String) throws -> Response {
         guard let entry = registry.get(id) else { throw unknown(id) }
-        return json(Self.summary(entry))
+        return try Response.json(ModelSummary(entry))
     }
 
     func delete(_ id: String) throws -> Response {
@@ -77,54 +67,5 @@ struct ModelsController: Sendable {
 
     private func unknown(_ id: String) -> Problem {
         Problem(.notFound, title: "Unknown model", detail: "no registered model has id \(id)", errors: [(path: "id", message: "unknown model id")])
-    }
-
-    private func json(_ bytes: [UInt8]) -> Response {
-        Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
-    }
-
-    /// Signature and sizes, never the weights.
-    static func summary(_ entry: RegisteredModel) -> [UInt8] {
-        let m = entry.model
-        var w = JSONWriter()
-        w.beginObject()
-        w.key("id")
-        w.string(entry.id)
-        w.key("name")
-        if let n = entry.name { w.string(n) } else { w.null() }
-        w.key("created")
-        w.string(entry.created)
-        w.key("dtype")
-        w.string(m.dtype.rawValue)
-        w.key("inputs")
-        w.beginArray()
-        w.string("x")
-        if m.hasT { w.string("t") }
-        w.endArray()
-        w.key("input_width")
-        if let d = m.inputWidth { w.number(d) } else { w.null() }
-        w.key("output_width")
-        if let d = m.inputWidth { w.number(m.outputWidth(d: d)) } else { w.null() }
-        w.key("layers")
-        w.beginArray()
-        for op in m.ops { w.string(op) }
-        w.endArray()
-        w.key("parameter_count")
-        w.number(m.parameterCount)
-        w.key("parameters")
-        w.beginArray()
-        for (name, shape) in m.parameters {
-            w.beginObject()
-            w.key("name")
-            w.string(name)
-            w.key("shape")
-            w.beginArray()
-            for d in shape { w.number(d) }
-            w.endArray()
-            w.endObject()
-        }
-        w.endArray()
-        w.endObject()
-        return w.bytes
     }
 }

@@ -2,73 +2,13 @@ import GradCodec
 import GradCore
 import Hummingbird
 
-/// The UM-Bridge protocol (version 1.0) for every registered model, under `/umbridge/{id}/`, so
-/// that `umbridge.HTTPModel(server + "/umbridge/" + id, "forward")` works unchanged.
-///
-/// One model named `forward`. By default one point per call: inputs `[x (D)]`, or `[x (D), t (1)]`
-/// for time-varying models; output `[y (D')]`. With `config: {"batch": B}` a call carries B points
-/// flattened row-major: `[x (B·D), t (B)]` → `[y (B·D')]`. `Gradient` is the VJP `sensᵀJ` and
-/// `ApplyJacobian` the JVP `J·vec`. Every error is UM-Bridge's `{"error": {"type", "message"}}`
-/// (the client reads no status code).
-struct UMBridgeController: Sendable {
-    typealias Context = GradRequestContext
-    let registry: ModelRegistry
-    let pipeline: RequestPipeline
-
-    func addRoutes(to router: Router<Context>) {
-        let group = router.group("umbridge/:id")
-        group.add(middleware: UMBridgeErrorMiddleware())
-        if let key = pipeline.configuration.apiKey { group.add(middleware: AuthMiddleware(apiKey: key)) }
-        group.get("Info") { _, context in
-            // The client reads Info without checking for an error object; an unknown id lists no
-            // models, so the client raises its own "Model forward not supported by server!".
-            let known = (try? model(context)) != nil
-            return json(known ? #"{"protocolVersion":1.0,"models":["forward"]}"# : #"{"protocolVersion":1.0,"models":[]}"#)
-        }
-        for route in ["ModelInfo", "InputSizes", "OutputSizes", "Evaluate", "Gradient", "ApplyJacobian", "ApplyHessian"] {
-            group.post(RouterPath(route)) { request, context in try await handle(route, request, context) }
-        }
-    }
-
-    private func model(_ context: Context) throws -> AnyModel {
-        let id = try context.parameters.require("id")
-        guard let entry = registry.get(id) else {
-            throw UMBridgeError(type: "ModelNotFound", message: "no registered model has id \(id); register it with POST /v1/models")
-        }
-        return entry.model
-    }
-
-    private func json(_ s: String) -> Response {
-        Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(string: s)))
-    }
-
-    func handle(_ route: String, _ request: Request, _ context: Context) async throws -> Response {
-        let model = try model(context)
-        let bytes = try await pipeline.run(request, context) { job -> [UInt8] in
-            let value = try job.body.withUnsafeReadableBytes { try JSONParser.parse($0) }
-            guard case .object(let root) = value else { throw UMBridgeError(type: "InvalidInput", message: "the body must be a JSON object") }
-            var w = JSONWriter()
-            try UMBridgeEndpoints(model: model, root: root, job: job).run(route, into: &w)
-            return w.takeBytes()
-        }
-        return Response(status: .ok, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: bytes)))
-    }
-}
-
-/// An error in UM-Bridge's own terms.
-struct UMBridgeError: Error {
-    var type: String
-    var message: String
-    var status: HTTPResponse.Status = .badRequest
-}
-
 /// The UM-Bridge routes on a decoded body.
 struct UMBridgeEndpoints {
     let model: AnyModel
     let root: JSONObject
     let job: Job
 
-    func run(_ route: String, into w: inout JSONWriter) throws {
+    func run(_ route: UMBridgeRoute, into w: inout JSONWriter) throws {
         do {
             try runChecked(route, into: &w)
         } catch .invalid(let issues) as GradError {
@@ -80,13 +20,13 @@ struct UMBridgeEndpoints {
         }
     }
 
-    private func runChecked(_ route: String, into w: inout JSONWriter) throws {
+    private func runChecked(_ route: UMBridgeRoute, into w: inout JSONWriter) throws {
         switch root["name"] {
         case nil, .string("forward")?: break
         case .string(let name)?: throw UMBridgeError(type: "ModelNotFound", message: "Model \(name) not found! The following are available: [forward]")
         default: throw UMBridgeError(type: "InvalidInput", message: "name must be a string")
         }
-        if route == "ModelInfo" {
+        if route == .modelInfo {
             _ = try layout(requireD: false)  // validates config; a model of activations only needs no d here
             w.beginObject()
             w.key("support")
@@ -115,24 +55,24 @@ struct UMBridgeEndpoints {
         let outputSize = Count(b) * dOut
         w.beginObject()
         switch route {
-        case "InputSizes":
+        case .inputSizes:
             w.key("inputSizes")
             w.beginArray()
             for n in inputSizes { w.number(n) }
             w.endArray()
-        case "OutputSizes":
+        case .outputSizes:
             w.key("outputSizes")
             w.beginArray()
             w.number(outputSize.value)
             w.endArray()
-        case "Evaluate":
+        case .evaluate:
             try admit(.forward)
             let args = try arguments(b: b, d: d, sizes: inputSizes)
             w.key("output")
             w.beginArray()
             writeFlat(try model.forward(args), into: &w)
             w.endArray()
-        case "Gradient":
+        case .gradient:
             let inWrt = try wrt("inWrt", count: inputSizes.count)
             _ = try wrt("outWrt", count: 1)
             try admit(.vjp(k: 1, wrt: [inWrt == 0 ? .x : .t], returnOutputs: false))
@@ -141,7 +81,7 @@ struct UMBridgeEndpoints {
             let r = try model.vjp(args, gradOutputs: sens, isGradsBatched: false, wrt: [inWrt == 0 ? .x : .t], returnOutputs: false)
             w.key("output")
             writeFlat((inWrt == 0 ? r.x : r.t)!, into: &w)
-        case "ApplyJacobian":
+        case .applyJacobian:
             let inWrt = try wrt("inWrt", count: inputSizes.count)
             _ = try wrt("outWrt", count: 1)
             try admit(.jvp(k: 1, returnOutputs: false))
@@ -150,8 +90,8 @@ struct UMBridgeEndpoints {
             let r = try model.jvp(args, tangentX: inWrt == 0 ? vec : nil, tangentT: inWrt == 1 ? vec : nil, returnOutputs: false)
             w.key("output")
             writeFlat(r.jvp, into: &w)
-        default:
-            throw UMBridgeError(type: "UnsupportedFeature", message: "\(route) is not supported by this model")
+        case .applyHessian, .modelInfo:
+            throw UMBridgeError(type: "UnsupportedFeature", message: "\(route.rawValue) is not supported by this model")
         }
         w.endObject()
     }
@@ -234,46 +174,5 @@ struct UMBridgeEndpoints {
         case .float64(let d): for v in d.scalars { w.number(v) }
         }
         w.endArray()
-    }
-}
-
-/// Every failure on the UM-Bridge routes as `{"error": {"type", "message"}}`.
-struct UMBridgeErrorMiddleware<Context: RequestContext>: RouterMiddleware {
-    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
-        do {
-            return try await next(request, context)
-        } catch let e as UMBridgeError {
-            return Self.error(e.type, e.message, e.status)
-        } catch {
-            let problem = Problem.from(error, names: .umbridge)
-            let type: String =
-                switch problem?.status {
-                case .unauthorized?: "Unauthorized"
-                case .notFound?: "ModelNotFound"
-                case .serviceUnavailable?, .gatewayTimeout?: "Unavailable"
-                case .badRequest?, .unprocessableContent?, .contentTooLarge?: "InvalidInput"
-                default: "InternalError"
-                }
-            let message =
-                problem.map { p in p.errors.isEmpty ? p.detail : p.errors.map { "\($0.path): \($0.message)" }.joined(separator: "; ") } ?? "internal error"
-            let status: HTTPResponse.Status = problem?.status == .unprocessableContent ? .badRequest : (problem?.status ?? .internalServerError)
-            return Self.error(type, message, status, headers: problem?.headers ?? [:])
-        }
-    }
-
-    static func error(_ type: String, _ message: String, _ status: HTTPResponse.Status, headers: HTTPFields = [:]) -> Response {
-        var w = JSONWriter()
-        w.beginObject()
-        w.key("error")
-        w.beginObject()
-        w.key("type")
-        w.string(type)
-        w.key("message")
-        w.string(message)
-        w.endObject()
-        w.endObject()
-        var fields = headers
-        fields[.contentType] = "application/json"
-        return Response(status: status, headers: fields, body: .init(byteBuffer: ByteBuffer(bytes: w.takeBytes())))
     }
 }
