@@ -1,4 +1,8 @@
 #!/usr/bin/env python3
+# One file on purpose, over the ~400-line guideline: one self-contained benchmark. It re-runs this
+# same file as its worker process (--_worker: the PyTorch, JAX and numpy workloads under the thread
+# settings), so the workloads, the gradserve side and the report stay together, it runs alone, and
+# its numbers trace to one place.
 """Side-by-side timing: gradserve vs PyTorch (and JAX jit, and numpy for the seed GEMM).
 
     python bench/compare_torch.py                         # threads 1 and 2, gradserve at .build/release/gradserve

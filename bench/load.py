@@ -1,4 +1,7 @@
 #!/usr/bin/env python3
+# One file on purpose, over the ~400-line guideline: one self-contained benchmark (the lean client it
+# times, the workloads with their numpy checks, the CPU accounting and the report), so it runs alone
+# against any server and its numbers trace to one place.
 """End-to-end load test of gradserve from a Python client over loopback (ToyMLP).
 
     python bench/load.py                                  # starts .build/release/gradserve itself

@@ -1,4 +1,7 @@
 #!/usr/bin/env python3
+# One file on purpose, over the ~400-line guideline: a self-contained comparison (the runtime's
+# tesseract_api.py template, both servers started, the cross-check, the alternating timing and the
+# report), so it runs alone next to a Tesseract runtime and every number it prints traces to one place.
 """Side-by-side timing of the Tesseract SDK against (a) gradserve's /tesseract/<id> and (b) the
 Tesseract runtime itself (`tesseract-runtime serve`, no Docker) serving the same ToyMLP in PyTorch.
 

@@ -1,4 +1,7 @@
 #!/usr/bin/env python3
+# One file on purpose, over the ~400-line guideline: the PyTorch reference semantics, every fixture
+# case and the --check comparison together, so one script regenerates or checks all the fixtures the
+# Swift tests read, and the cases are listed in one place.
 """Generate PyTorch reference fixtures for the GradCore tests.
 
     python scripts/make_fixtures.py            # writes Tests/GradCoreTests/Fixtures/*.json

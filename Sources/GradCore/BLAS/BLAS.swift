@@ -9,17 +9,47 @@ public protocol BLASScalar: Real, BinaryFloatingPoint, Sendable
 where RawSignificand: FixedWidthInteger {
     /// The dtype name used in the model format and on the wire.
     static var dtype: DType { get }
+    /// OpenBLAS' GEMM for this precision (`cblas_sgemm` or `cblas_dgemm`).
+    static var cblasGEMM: CBLASGEMM<Self> { get }
+    /// OpenBLAS' GEMV for this precision (`cblas_sgemv` or `cblas_dgemv`).
+    static var cblasGEMV: CBLASGEMV<Self> { get }
+    /// Creates a value from a `Double`, rounding to the nearest representable value.
+    init(_ value: Double)
+}
+
+/// The C signature of `cblas_?gemm`.
+public typealias CBLASGEMM<S> = (
+    CBLAS_ORDER, CBLAS_TRANSPOSE, CBLAS_TRANSPOSE, blasint, blasint, blasint, S, UnsafePointer<S>?, blasint, UnsafePointer<S>?, blasint,
+    S, UnsafeMutablePointer<S>?, blasint
+) -> Void
+
+/// The C signature of `cblas_?gemv`.
+public typealias CBLASGEMV<S> = (
+    CBLAS_ORDER, CBLAS_TRANSPOSE, blasint, blasint, S, UnsafePointer<S>?, blasint, UnsafePointer<S>?, blasint, S, UnsafeMutablePointer<S>?, blasint
+) -> Void
+
+extension BLASScalar {
     /// Row-major `C = alpha * op(A) * op(B) + beta * C`.
+    @inline(__always)
     static func rawGEMM(
         _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Self,
         _ a: UnsafePointer<Self>, _ lda: Int, _ b: UnsafePointer<Self>, _ ldb: Int,
-        _ beta: Self, _ c: UnsafeMutablePointer<Self>, _ ldc: Int)
+        _ beta: Self, _ c: UnsafeMutablePointer<Self>, _ ldc: Int
+    ) {
+        cblasGEMM(
+            CblasRowMajor, cblasTranspose(transA), cblasTranspose(transB), blasint(m), blasint(n), blasint(k),
+            alpha, a, blasint(lda), b, blasint(ldb), beta, c, blasint(ldc))
+    }
+
     /// Row-major `y = alpha * op(A) * x + beta * y` with strides.
+    @inline(__always)
     static func rawGEMV(
         _ transA: Bool, _ m: Int, _ n: Int, _ alpha: Self, _ a: UnsafePointer<Self>, _ lda: Int,
-        _ x: UnsafePointer<Self>, _ incx: Int, _ beta: Self, _ y: UnsafeMutablePointer<Self>, _ incy: Int)
-    /// Creates a value from a `Double`, rounding to the nearest representable value.
-    init(_ value: Double)
+        _ x: UnsafePointer<Self>, _ incx: Int, _ beta: Self, _ y: UnsafeMutablePointer<Self>, _ incy: Int
+    ) {
+        cblasGEMV(
+            CblasRowMajor, cblasTranspose(transA), blasint(m), blasint(n), alpha, a, blasint(lda), x, blasint(incx), beta, y, blasint(incy))
+    }
 }
 
 @inline(__always)
@@ -28,53 +58,19 @@ private func cblasTranspose(_ t: Bool) -> CBLAS_TRANSPOSE { t ? CblasTrans : Cbl
 extension Float: BLASScalar {
     /// `float32`.
     public static var dtype: DType { .float32 }
-    /// `cblas_sgemm`, row-major.
-    @inline(__always)
-    public static func rawGEMM(
-        _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Float,
-        _ a: UnsafePointer<Float>, _ lda: Int, _ b: UnsafePointer<Float>, _ ldb: Int,
-        _ beta: Float, _ c: UnsafeMutablePointer<Float>, _ ldc: Int
-    ) {
-        cblas_sgemm(
-            CblasRowMajor, cblasTranspose(transA), cblasTranspose(transB), Int32(m), Int32(n), Int32(k),
-            alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
-    }
-    /// `cblas_sgemv`, row-major.
-    @inline(__always)
-    public static func rawGEMV(
-        _ transA: Bool, _ m: Int, _ n: Int, _ alpha: Float, _ a: UnsafePointer<Float>, _ lda: Int,
-        _ x: UnsafePointer<Float>, _ incx: Int, _ beta: Float, _ y: UnsafeMutablePointer<Float>, _ incy: Int
-    ) {
-        cblas_sgemv(
-            CblasRowMajor, cblasTranspose(transA), Int32(m), Int32(n), alpha, a, Int32(lda), x, Int32(incx),
-            beta, y, Int32(incy))
-    }
+    /// `cblas_sgemm`.
+    public static var cblasGEMM: CBLASGEMM<Float> { cblas_sgemm }
+    /// `cblas_sgemv`.
+    public static var cblasGEMV: CBLASGEMV<Float> { cblas_sgemv }
 }
 
 extension Double: BLASScalar {
     /// `float64`.
     public static var dtype: DType { .float64 }
-    /// `cblas_dgemm`, row-major.
-    @inline(__always)
-    public static func rawGEMM(
-        _ transA: Bool, _ transB: Bool, _ m: Int, _ n: Int, _ k: Int, _ alpha: Double,
-        _ a: UnsafePointer<Double>, _ lda: Int, _ b: UnsafePointer<Double>, _ ldb: Int,
-        _ beta: Double, _ c: UnsafeMutablePointer<Double>, _ ldc: Int
-    ) {
-        cblas_dgemm(
-            CblasRowMajor, cblasTranspose(transA), cblasTranspose(transB), Int32(m), Int32(n), Int32(k),
-            alpha, a, Int32(lda), b, Int32(ldb), beta, c, Int32(ldc))
-    }
-    /// `cblas_dgemv`, row-major.
-    @inline(__always)
-    public static func rawGEMV(
-        _ transA: Bool, _ m: Int, _ n: Int, _ alpha: Double, _ a: UnsafePointer<Double>, _ lda: Int,
-        _ x: UnsafePointer<Double>, _ incx: Int, _ beta: Double, _ y: UnsafeMutablePointer<Double>, _ incy: Int
-    ) {
-        cblas_dgemv(
-            CblasRowMajor, cblasTranspose(transA), Int32(m), Int32(n), alpha, a, Int32(lda), x, Int32(incx),
-            beta, y, Int32(incy))
-    }
+    /// `cblas_dgemm`.
+    public static var cblasGEMM: CBLASGEMM<Double> { cblas_dgemm }
+    /// `cblas_dgemv`.
+    public static var cblasGEMV: CBLASGEMV<Double> { cblas_dgemv }
 }
 
 /// A read-only row-major matrix view: `rows × cols` with `stride` elements between rows.
