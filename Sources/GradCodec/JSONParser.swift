@@ -1,3 +1,5 @@
+// One file on purpose, just over the ~400-line guideline: the scanner, its numeric fast path and
+// its allocation bounds are one state machine; split, each part would need the others' internals.
 #if canImport(Glibc)
     import Glibc
 #elseif canImport(Darwin)
@@ -138,16 +140,22 @@ public struct JSONParser {
             pos += 1
             skipWhitespace()
             entries.append((key, try parseValue()))
-            skipWhitespace()
-            switch current {
-            case UInt8(ascii: ","): pos += 1
-            case UInt8(ascii: "}"):
-                pos += 1
-                depth -= 1
-                return .object(JSONObject(entries))
-            default: throw error("expected ',' or '}' in an object")
-            }
+            if try endOfMember(UInt8(ascii: "}"), in: "an object") { return .object(JSONObject(entries)) }
         }
+    }
+
+    /// After a member of an object or array: `,` continues (false); `closing` ends the container (true).
+    @inline(__always)
+    private mutating func endOfMember(_ closing: UInt8, in container: String) throws(JSONParseError) -> Bool {
+        skipWhitespace()
+        if current == UInt8(ascii: ",") {
+            pos += 1
+            return false
+        }
+        guard current == closing else { throw error("expected ',' or '\(Character(Unicode.Scalar(closing)))' in \(container)") }
+        pos += 1
+        depth -= 1
+        return true
     }
 
     private mutating func parseArray() throws(JSONParseError) -> JSONValue {
@@ -163,15 +171,7 @@ public struct JSONParser {
         while true {
             skipWhitespace()
             items.append(try parseValue())
-            skipWhitespace()
-            switch current {
-            case UInt8(ascii: ","): pos += 1
-            case UInt8(ascii: "]"):
-                pos += 1
-                depth -= 1
-                return .array(items)
-            default: throw error("expected ',' or ']' in an array")
-            }
+            if try endOfMember(UInt8(ascii: "]"), in: "an array") { return .array(items) }
         }
     }
 

@@ -16,46 +16,36 @@ struct TesseractErrorMiddleware<Context: RequestContext>: RouterMiddleware {
             case .limitExceeded(let place, let limit, let message): issues = [(place, "\(message) (\(limit))")]
             case .deadlineExceeded, .cancelled: throw error
             }
-            var w = JSONWriter()
-            w.beginObject()
-            w.key("detail")
-            w.beginArray()
-            for issue in issues {
-                w.beginObject()
-                w.key("type")
-                w.string("value_error")
-                w.key("loc")
-                w.beginArray()
-                w.string("body")
-                for part in PlaceNames.tesseract(issue.place).split(separator: ".") { w.string(String(part)) }
-                w.endArray()
-                w.key("msg")
-                w.string(issue.message)
-                w.endObject()
-            }
-            w.endArray()
-            w.endObject()
-            return Response(
-                status: .unprocessableContent, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: w.takeBytes())))
+            return Self.detail(
+                issues.map { (type: "value_error", loc: PlaceNames.tesseract($0.place).split(separator: ".").map(String.init), msg: $0.message) })
         } catch let e as JSONParseError {
-            var w = JSONWriter()
-            w.beginObject()
-            w.key("detail")
-            w.beginArray()
+            return Self.detail([(type: "json_invalid", loc: [], msg: e.description)])
+        }
+    }
+
+    /// A 422 as pydantic writes it: `{"detail": [{"type", "loc": ["body", …], "msg"}]}`.
+    static func detail(_ items: [(type: String, loc: [String], msg: String)]) -> Response {
+        var w = JSONWriter()
+        w.beginObject()
+        w.key("detail")
+        w.beginArray()
+        for item in items {
             w.beginObject()
             w.key("type")
-            w.string("json_invalid")
+            w.string(item.type)
             w.key("loc")
             w.beginArray()
             w.string("body")
+            for part in item.loc { w.string(part) }
             w.endArray()
             w.key("msg")
-            w.string(e.description)
+            w.string(item.msg)
             w.endObject()
-            w.endArray()
-            w.endObject()
-            return Response(
-                status: .unprocessableContent, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: w.takeBytes())))
         }
+        w.endArray()
+        w.endObject()
+        return Response(
+            status: .unprocessableContent, headers: [.contentType: "application/json"], body: .init(byteBuffer: ByteBuffer(bytes: w.takeBytes())))
+
     }
 }

@@ -22,32 +22,16 @@ struct TesseractOpenAPI: Encodable {
     }
 
     /// The subset of JSON Schema (with Tesseract's extensions) the document uses.
-    final class Schema: Encodable, Sendable {
-        let title: String?
-        let type: String?
-        let const: String?
-        let enumValues: [String]?
-        let arrayFlags: [String]?
-        let properties: [String: Schema]?
-        let required: [String]?
-        let ref: String?
-        let differentiableArrays: [String: DifferentiableArray]?
-
-        init(
-            title: String? = nil, type: String? = nil, const: String? = nil, enumValues: [String]? = nil, arrayFlags: [String]? = nil,
-            properties: [String: Schema]? = nil, required: [String]? = nil, ref: String? = nil,
-            differentiableArrays: [String: DifferentiableArray]? = nil
-        ) {
-            self.title = title
-            self.type = type
-            self.const = const
-            self.enumValues = enumValues
-            self.arrayFlags = arrayFlags
-            self.properties = properties
-            self.required = required
-            self.ref = ref
-            self.differentiableArrays = differentiableArrays
-        }
+    struct Schema: Encodable {
+        var title: String? = nil
+        var type: String? = nil
+        var const: String? = nil
+        var enumValues: [String]? = nil
+        var arrayFlags: [String]? = nil
+        var properties: [String: Schema]? = nil
+        var required: [String]? = nil
+        var ref: String? = nil
+        var differentiableArrays: [String: DifferentiableArray]? = nil
 
         enum CodingKeys: String, CodingKey {
             case title, type, const, properties, required
