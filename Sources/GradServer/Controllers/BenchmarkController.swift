@@ -50,8 +50,9 @@ struct BenchmarkController: Sendable {
                 throw GradError.invalid("d", "required for a model without linear layers (the feature count of x)")
             }
             if let given, given != d { throw GradError.invalid("d", "the model takes x with \(d) features, not \(given)") }
-            let methods = Array(try doc.subset("methods", ModelBenchmark.methods[op]!, default: ModelBenchmark.methods[op]!))
-                .sorted { ModelBenchmark.methods[op]!.firstIndex(of: $0)! < ModelBenchmark.methods[op]!.firstIndex(of: $1)! }
+            guard let known = ModelBenchmark.methods[op] else { throw GradError.invalid("operation", "no benchmark methods for \(op)") }
+            let chosen = try doc.subset("methods", known, default: known)
+            let methods = known.filter { chosen.contains($0) }
             try model.checkBatchShape(batch: batch, d: d)
             // Every timed method holds one answer at a time; FLOPs are those of one iteration
             // (the run time is bounded by --benchmark-max-seconds).

@@ -14,10 +14,11 @@ struct ProblemMiddleware<Context: RequestContext>: RouterMiddleware {
                 let allowed = allowedMethods(request.uri.path)
                 if !allowed.isEmpty, !allowed.contains(request.method) {
                     var headers = HTTPFields()
-                    headers[.allow] = allowed.map(\.rawValue).joined(separator: ", ")
+                    let allow = allowed.map(\.rawValue).joined(separator: ", ")
+                    headers[.allow] = allow
                     throw Problem(
                         .methodNotAllowed, title: "Method not allowed",
-                        detail: "\(request.method.rawValue) is not supported on \(request.uri.path); use \(headers[.allow]!)", headers: headers)
+                        detail: "\(request.method.rawValue) is not supported on \(request.uri.path); use \(allow)", headers: headers)
                 }
                 throw Problem(.notFound, title: "Not found", detail: "no route \(request.method.rawValue) \(request.uri.path)")
             }
