@@ -11,7 +11,6 @@ import http.server
 import json
 import socket
 import threading
-import time
 
 import numpy as np
 import pytest
