@@ -11,6 +11,8 @@ public enum Place: Sendable, Hashable, CustomStringConvertible {
     case wrt
     /// The number of probes of a Hutchinson estimate.
     case probes
+    /// A setting of an ODE solve.
+    case solver(SolverSetting)
     /// The model as a whole (nil), or a place inside it in the model format's terms, which
     /// every front end shares.
     case model(ModelPlace?)
@@ -26,11 +28,26 @@ public enum Place: Sendable, Hashable, CustomStringConvertible {
         case .cotangent: "cotangent"
         case .wrt: "wrt"
         case .probes: "probes"
+        case .solver(let s): "solver \(s)"
         case .model(nil): "model"
         case .model(let p?): "model \(p.path)"
         case .field(let f): f
         }
     }
+}
+
+/// A setting of an ODE solve (``ODEOptions``), as a place for errors.
+public enum SolverSetting: Sendable, Hashable {
+    /// The times the solution is asked at.
+    case timeGrid
+    /// A fixed-step method's step.
+    case stepSize
+    /// The absolute tolerance of an adaptive method.
+    case atol
+    /// The relative tolerance of an adaptive method.
+    case rtol
+    /// The bound on steps.
+    case maxSteps
 }
 
 /// A primal input of a model: `x`, and `t` for time-varying models.

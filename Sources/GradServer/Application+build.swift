@@ -10,7 +10,8 @@ import ServiceLifecycle
 
 /// Builds the application: registry, compute pool, memory budget, routes and the HTTP server around them.
 public func buildApplication(
-    _ configuration: ServerConfiguration, metrics: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), logger: Logger? = nil
+    _ configuration: ServerConfiguration, metrics: PrometheusCollectorRegistry = PrometheusCollectorRegistry(), logger: Logger? = nil,
+    drain: Drain = Drain()
 ) async throws -> some ApplicationProtocol {
     var logger = logger ?? Logger(label: "gradserve")
     if logger.logLevel > .info { logger.logLevel = .info }
@@ -21,7 +22,8 @@ public func buildApplication(
     let pool = ComputePool(
         workers: configuration.workers, maxQueued: configuration.maxQueued, threadsPerJob: configuration.threadsPerRequest, metrics: metrics)
     let memory = MemoryBudget(limit: configuration.memoryLimit, metrics: metrics)
-    let router = buildRouter(configuration, registry: registry, pool: pool, memory: memory, metrics: metrics)
+    drain.attach(pool)
+    let router = buildRouter(configuration, registry: registry, pool: pool, memory: memory, metrics: metrics, drain: drain)
     let connections = ConnectionGuard.Counter(limit: configuration.maxConnections)
     let bodyTimeout = Duration.milliseconds(Int64(configuration.bodyTimeoutSeconds * 1000))
     let writeTimeout = Duration.milliseconds(Int64(configuration.writeTimeoutSeconds * 1000))
@@ -51,7 +53,8 @@ public func buildApplication(
 
 /// The routes: `/healthz`, `/readyz`, `/metrics`, `/openapi.yaml` open; `/v1/*` behind the optional API key.
 public func buildRouter(
-    _ configuration: ServerConfiguration, registry: ModelRegistry, pool: ComputePool, memory: MemoryBudget, metrics: PrometheusCollectorRegistry
+    _ configuration: ServerConfiguration, registry: ModelRegistry, pool: ComputePool, memory: MemoryBudget, metrics: PrometheusCollectorRegistry,
+    drain: Drain = Drain()
 ) -> Router<GradRequestContext> {
     let router = Router(context: GradRequestContext.self)
     router.add(middleware: RequestMetricsMiddleware(registry: metrics))
@@ -63,9 +66,9 @@ public func buildRouter(
                 allowOrigin: .originBased, allowHeaders: [.accept, .authorization, .contentType], allowMethods: [.get, .post, .delete, .options],
                 exposedHeaders: ["Server-Timing", "Location", "Retry-After"]))
     }
-    let pipeline = RequestPipeline(pool: pool, memory: memory, configuration: configuration)
+    let pipeline = RequestPipeline(pool: pool, memory: memory, configuration: configuration, drain: drain)
     let runner = OperationRunner(registry: registry, maxLayers: configuration.maxLayers)
-    let service = ServiceController(pool: pool, memory: memory, metrics: metrics, configuration: configuration, registry: registry)
+    let service = ServiceController(pool: pool, memory: memory, metrics: metrics, configuration: configuration, registry: registry, drain: drain)
     service.addRoutes(to: router)
     let v1 = router.group("v1")
     if let key = configuration.apiKey { v1.add(middleware: AuthMiddleware(apiKey: key)) }
@@ -83,7 +86,8 @@ public func buildRouter(
     let p = path.hasSuffix("/") && path.count > 1 ? String(path.dropLast()) : path
     switch p {
     case "/healthz", "/readyz", "/metrics", "/openapi.yaml", "/v1/info": return [.get]
-    case "/v1/forward", "/v1/vjp", "/v1/jvp", "/v1/jacobian", "/v1/divergence", "/v1/benchmark": return [.post]
+    case "/v1/benchmark": return [.post]
+    case _ where Operation.allCases.contains(where: { "/v1/\($0.rawValue)" == p }): return [.post]
     case "/v1/models": return [.get, .post]
     default:
         if p.hasPrefix("/v1/models/"), !p.dropFirst("/v1/models/".count).contains("/") { return [.get, .delete] }

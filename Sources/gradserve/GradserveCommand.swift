@@ -3,8 +3,10 @@ import Foundation
 import GradCore
 import GradServer
 import Hummingbird
+import Logging
 import Metrics
 import Prometheus
+import ServiceLifecycle
 
 @main
 struct GradserveCommand: AsyncParsableCommand {
@@ -168,8 +170,19 @@ struct ServeCommand: AsyncParsableCommand {
         config.tlsKeyPath = tlsKey
         let metrics = PrometheusCollectorRegistry()
         MetricsSystem.bootstrap(PrometheusMetricsFactory(registry: metrics))
-        let app = try await buildApplication(config, metrics: metrics)
-        try await app.runService()
+        let drain = Drain()
+        let app = try await buildApplication(config, metrics: metrics, drain: drain)
+        // SIGTERM and SIGINT drain first (DrainService), then stop the server gracefully.
+        let group = ServiceGroup(
+            configuration: .init(
+                services: [
+                    .init(service: app),
+                    .init(
+                        service: DrainService(drain: drain, bound: .seconds(config.deadlineSeconds + 5), logger: Logger(label: "gradserve")),
+                        successTerminationBehavior: .gracefullyShutdownGroup),
+                ],
+                logger: Logger(label: "gradserve")))
+        try await group.run()
     }
 }
 

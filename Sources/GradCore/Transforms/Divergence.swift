@@ -1,3 +1,5 @@
+import RealModule
+
 /// How a divergence is computed.
 public enum DivergenceMethod: Sendable, Equatable {
     /// The exact trace of ∂y/∂x per sample.
@@ -25,15 +27,22 @@ extension Model {
         let tr = try trace(inputs, derivatives: true)
         switch method {
         case .exact:
-            // The cyclic trace holds B·h_L·h₁ numbers, the Jacobian B·D'·w: take the smaller, so
-            // wide hidden layers around a narrow x (D = 1, h = 65536) never form B·h·h.
-            let cyclic = plan(.divergence(.exact), batch: inputs.batch, d: inputs.width).divergenceByCyclicTrace
-            if cyclic, let traces = try cyclicTrace(tr) { return Tensor(shape: [inputs.batch], scalars: traces) }
-            return Tensor(shape: [inputs.batch], scalars: try jacobianTrace(tr))
+            return Tensor(shape: [inputs.batch], scalars: try exactTrace(tr))
         case .hutchinson(let probes, let seed):
             if probes < 1 { throw .invalid(.probes, "must be at least 1, got \(probes)") }
-            return Tensor(shape: [inputs.batch], scalars: try hutchinson(tr, probes: probes, seed: seed))
+            let eps: [S] = Self.probes(.rademacher, count: probes * inputs.batch * inputs.width, seed: seed)
+            return Tensor(shape: [inputs.batch], scalars: try hutchinson(tr, eps: eps, probes: probes))
         }
+    }
+
+    /// The exact trace of each sample's Jacobian from a forward trace taken with derivatives.
+    ///
+    /// The cyclic trace holds B·h_L·h₁ numbers, the Jacobian B·D'·w: the plan takes the smaller,
+    /// so wide hidden layers around a narrow x (D = 1, h = 65536) never form B·h·h.
+    func exactTrace(_ tr: ForwardTrace<S>) throws(GradError) -> [S] {
+        let cyclic = plan(.divergence(.exact), batch: tr.batch, d: tr.d).divergenceByCyclicTrace
+        if cyclic, let traces = try cyclicTrace(tr) { return traces }
+        return try jacobianTrace(tr)
     }
 
     /// Exact trace for `linear → … → linear` without forming the D×D Jacobian.
@@ -84,22 +93,40 @@ extension Model {
         }
     }
 
-    /// Hutchinson: all probes in one forward sweep (K = probes), `[K, B, D]` Rademacher tangents.
-    func hutchinson(_ tr: ForwardTrace<S>, probes k: Int, seed: UInt64) throws(GradError) -> [S] {
+    /// Probe vectors for Hutchinson's estimator, `count` numbers drawn from `seed`: ±1 with equal
+    /// odds, or standard normal (Box–Muller). The same seed gives the same probes everywhere.
+    static func probes(_ noise: ProbeNoise, count: Int, seed: UInt64) -> [S] {
+        var rng = SplitMix64(seed: seed)
+        var eps = [S](repeating: 0, count: count)
+        var i = 0
+        switch noise {
+        case .rademacher:
+            while i < count {
+                var bits = rng.next()
+                for _ in 0..<64 where i < count {
+                    eps[i] = (bits & 1) == 0 ? 1 : -1
+                    bits >>= 1
+                    i += 1
+                }
+            }
+        case .gaussian:
+            while i < count {
+                let u1 = (Double(rng.next() >> 11) + 1) / 9_007_199_254_740_992  // (0, 1]
+                let u2 = Double(rng.next() >> 11) / 9_007_199_254_740_992
+                let r = (-2 * Double.log(u1)).squareRoot()
+                eps[i] = S(r * Double.cos(2 * Double.pi * u2))
+                if i + 1 < count { eps[i + 1] = S(r * Double.sin(2 * Double.pi * u2)) }
+                i += 2
+            }
+        }
+        return eps
+    }
+
+    /// Hutchinson: all probes in one forward sweep (K = probes), `eps` the `[K, B, D]` tangents.
+    func hutchinson(_ tr: ForwardTrace<S>, eps: [S], probes k: Int) throws(GradError) -> [S] {
         let b = tr.batch
         let d = tr.d
         let d0 = tr.widths[0]
-        var rng = SplitMix64(seed: seed)
-        var eps = [S](repeating: 0, count: k * b * d)
-        var i = 0
-        while i < eps.count {
-            var bits = rng.next()
-            for _ in 0..<64 where i < eps.count {
-                eps[i] = (bits & 1) == 0 ? 1 : -1
-                bits >>= 1
-                i += 1
-            }
-        }
         var u = [S](repeating: 0, count: k * b * d0)
         for r in 0..<(k * b) {
             for j in 0..<d { u[r * d0 + j] = eps[r * d + j] }
@@ -116,6 +143,14 @@ extension Model {
         }
         return div.map { $0 / S(Double(k)) }
     }
+}
+
+/// The distribution of Hutchinson probe vectors.
+public enum ProbeNoise: String, CaseIterable, Sendable {
+    /// ±1 with equal odds (the lowest variance for a fixed Jacobian).
+    case rademacher
+    /// Standard normal.
+    case gaussian
 }
 
 /// SplitMix64: a small, fast, seedable generator; the same seed gives the same probes everywhere.

@@ -125,6 +125,21 @@ struct RequestDocument: Sendable {
         return i
     }
 
+    /// An optional finite number field.
+    func number(_ key: String) throws(GradError) -> Double? {
+        guard let v = object[key] else { return nil }
+        guard case .number(let x) = v, x.isFinite else { throw .invalid(key, "expected a finite number, got \(v.typeName)") }
+        return x
+    }
+
+    /// An optional 1-D array of finite numbers (`time_grid`).
+    func numberList(_ key: String) throws(GradError) -> [Double]? {
+        guard let v = object[key] else { return nil }
+        guard case .numbers(let shape, let values) = v, shape.count == 1 else { throw .invalid(key, "expected an array of numbers, got \(v.typeName)") }
+        if let i = values.firstIndex(where: { !$0.isFinite }) { throw .invalid("\(key)[\(i)]", "expected a finite number") }
+        return values
+    }
+
     /// A subset of `allowed` given as an array of strings (`wrt`).
     func subset(_ key: String, _ allowed: [String], default d: [String]) throws(GradError) -> Set<String> {
         guard let v = object[key] else { return Set(d) }

@@ -3,17 +3,22 @@ import GradCore
 
 /// The compute operations of API v1, each `POST /v1/<name>`.
 enum Operation: String, CaseIterable, Sendable {
-    case forward, vjp, jvp, jacobian, divergence
+    case forward, vjp, jvp, jacobian, divergence, integrate, logprob
 
     /// Top-level fields each operation accepts.
     var fields: Set<String> {
         let common: Set<String> = ["model", "inputs", "output_encoding", "return_outputs"]
+        let solve: Set<String> = [
+            "model", "inputs", "output_encoding", "time_grid", "method", "step_size", "atol", "rtol", "max_steps", "return_intermediates",
+        ]
         switch self {
         case .forward: return common
         case .vjp: return common.union(["grad_outputs", "is_grads_batched", "wrt"])
         case .jvp: return common.union(["tangents"])
         case .jacobian: return common.union(["wrt", "mode"])
         case .divergence: return common.union(["method", "probes", "seed"])
+        case .integrate: return solve
+        case .logprob: return solve.union(["divergence", "probes", "seed", "noise", "base"])
         }
     }
 
@@ -41,6 +46,9 @@ struct OperationRunner: Sendable {
         let (b, d) = (xs[0], xs[1])
         try model.checkBatchShape(batch: b, d: d)
         let ts = try doc.shape("inputs.t")
+        if ts != nil, op == .integrate || op == .logprob {
+            throw GradError.invalid("inputs.t", "not used by a solve: t is the integration time, set by time_grid")
+        }
         if ts != nil, !model.hasT { throw GradError.invalid("inputs.t", "the model has no t input (its inputs are [\"x\"])") }
         let answerBytes = Self.bytesPerNumber(encoding, model.dtype)
         func elements(_ shape: [Int]?) -> Count { shape.map { Count.product($0) } ?? .zero }
@@ -107,8 +115,57 @@ struct OperationRunner: Sendable {
             if withOutputs { answer.add("outputs", tensor: try model.forward(args)) }
             answer.add("divergence", tensor: div)
             answer.add("method", string: method)
+        case .integrate, .logprob:
+            try solve(op, doc, model, batch: b, d: d, inputElements: inputElements, answerBytes: answerBytes, job, into: &answer)
         }
         return (answer, encoding)
+    }
+
+    /// `/v1/integrate` and `/v1/logprob`: the solver settings, the plan, the solve, the answer.
+    private func solve(
+        _ op: Operation, _ doc: RequestDocument, _ model: AnyModel, batch b: Int, d: Int, inputElements: Count, answerBytes: Int, _ job: Job,
+        into answer: inout Answer
+    ) throws {
+        let grid = try doc.numberList("time_grid") ?? (op == .integrate ? [0, 1] : [1, 0])
+        let method = ODEMethod(rawValue: try doc.choice("method", ODEMethod.allCases.map(\.rawValue), default: "dopri5")) ?? .dopri5
+        let options = ODEOptions(
+            method: method, stepSize: try doc.number("step_size"), atol: try doc.number("atol") ?? 1e-5, rtol: try doc.number("rtol") ?? 1e-5,
+            maxSteps: try doc.int("max_steps", default: 10_000, range: 1...1_000_000))
+        let intermediates = try doc.bool("return_intermediates", default: false)
+        var divergence: LogDensityDivergence? = nil
+        if op == .logprob {
+            _ = try doc.choice("base", ["standard_normal"], default: "standard_normal")
+            let kind = try doc.choice("divergence", ["exact", "hutchinson"], default: "exact")
+            let probes = try doc.int("probes", default: 1, range: 1...4096)
+            let seed = try doc.int("seed", default: 0, range: 0...Int(Int64.max))
+            let noise = ProbeNoise(rawValue: try doc.choice("noise", ProbeNoise.allCases.map(\.rawValue), default: "rademacher")) ?? .rademacher
+            if kind == "exact", let key = ["probes", "seed", "noise"].first(where: { doc.object[$0] != nil }) {
+                throw GradError.invalid(key, "only used with \"divergence\": \"hutchinson\"")
+            }
+            divergence = kind == "exact" ? .exact : .hutchinson(probes: probes, seed: UInt64(seed), noise: noise)
+        }
+        try job.admit(
+            model.plan(flow: divergence, batch: b, d: d, timeGrid: grid, options: options, returnIntermediates: intermediates),
+            path: intermediates ? "trajectory" : op == .integrate ? "x" : "logprob", inputElements: inputElements, answerBytesPerNumber: answerBytes)
+        let x = try doc.requiredTensor("inputs.x")
+        let stats: ODEStats
+        if let divergence {
+            let r = try model.logprob(x, timeGrid: grid, options: options, divergence: divergence, returnIntermediates: intermediates)
+            answer.add("logprob", tensor: r.logprob)
+            answer.add("x0", tensor: r.x0)
+            answer.add("log_det", tensor: r.logDet)
+            answer.add("trajectory", tensor: r.trajectory)
+            stats = r.stats
+        } else {
+            let r = try model.integrate(x, timeGrid: grid, options: options, returnIntermediates: intermediates)
+            answer.add("x", tensor: r.x)
+            answer.add("trajectory", tensor: r.trajectory)
+            stats = r.stats
+        }
+        answer.add("nfe", number: Double(stats.nfe))
+        answer.add("steps", "accepted", number: Double(stats.accepted))
+        answer.add("steps", "rejected", number: Double(stats.rejected))
+        answer.add("method", string: method.rawValue)
     }
 
     /// Bytes one number takes in an answer: JSON text (shortest round-trip form, sign, exponent,

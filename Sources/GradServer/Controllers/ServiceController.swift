@@ -13,6 +13,7 @@ struct ServiceController: Sendable {
     let metrics: PrometheusCollectorRegistry
     let configuration: ServerConfiguration
     let registry: ModelRegistry
+    let drain: Drain
 
     static var openAPI: [UInt8] {
         guard let url = Bundle.module.url(forResource: "openapi", withExtension: "yaml"), let data = try? Data(contentsOf: url) else { return [] }
@@ -27,9 +28,11 @@ struct ServiceController: Sendable {
             let pending = pool.pendingCount
             let capacity = pool.capacity
             let reserved = memory.reservedBytes
-            let busy = pending >= capacity || reserved >= memory.limit / 10 * 9
+            let draining = drain.isDraining
+            let busy = draining || pending >= capacity || reserved >= memory.limit / 10 * 9
             let answer = ReadinessAnswer(
-                status: busy ? "busy" : "ready", pending: pending, capacity: capacity, memoryReservedBytes: reserved, memoryLimitBytes: memory.limit)
+                status: draining ? "draining" : busy ? "busy" : "ready", pending: pending, capacity: capacity, memoryReservedBytes: reserved,
+                memoryLimitBytes: memory.limit)
             return try Response.json(answer, status: busy ? .serviceUnavailable : .ok, headers: busy ? [.retryAfter: "1"] : [:])
         }
         router.get("metrics") { _, _ in

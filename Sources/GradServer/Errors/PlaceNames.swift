@@ -41,6 +41,11 @@ struct PlaceNames: Sendable {
         case .cotangent: "grad_outputs"
         case .wrt: "wrt"
         case .probes: "probes"
+        case .solver(.timeGrid): "time_grid"
+        case .solver(.stepSize): "step_size"
+        case .solver(.atol): "atol"
+        case .solver(.rtol): "rtol"
+        case .solver(.maxSteps): "max_steps"
         case .model(nil): "model"
         case .model(let p?): "model.\(p.path)"
         case .field(let f): f

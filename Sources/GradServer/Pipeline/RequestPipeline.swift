@@ -21,6 +21,7 @@ struct RequestPipeline: Sendable {
     let pool: ComputePool
     let memory: MemoryBudget
     let configuration: ServerConfiguration
+    let drain: Drain
 
     /// Bytes a request holds besides its body and plan (headers, bookkeeping, and the parser's
     /// fixed allowance of JSON nodes: ``JSONParser/maxNodes(forBytes:)``).
@@ -38,6 +39,7 @@ struct RequestPipeline: Sendable {
         let arrival = ContinuousClock.now
         let deadline = configuration.deadline(from: arrival, extra: extraSeconds)
         // 1. Admission, before reading.
+        if drain.isDraining { throw drain.refusal }
         guard pool.hasRoom else { throw pool.busy() }
         let contentType = request.headers[.contentType]
         let factor = Job.bodyFactor(contentType: contentType)
