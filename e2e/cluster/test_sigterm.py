@@ -128,8 +128,8 @@ def test_sigterm_finishes_admitted_requests_and_exits_within_the_grace_period():
 
 def test_sigterm_refuses_new_requests_with_503_while_readiness_fails():
     """While admitted work drains, a new connection must still be answered: 503 (Retry-After) for compute, 503
-    for /readyz. A refused connection is not what item 6 asks for (a Kubernetes readiness probe must see 503,
-    and a client a 503 to retry elsewhere), so it fails this test."""
+    for /readyz (a Kubernetes readiness probe must see 503, and a client a 503 to retry elsewhere); a refused
+    connection would fail this test."""
     d = Draining()
     d.start_load_and_signal()
     seen: list[str] = []

@@ -72,9 +72,18 @@ struct Answer: Sendable {
             }
             var metadata: [(String, String)] = []
             for key in metaOrder {
-                let entries = meta[key]!
-                if entries.count == 1, entries[0].path.count == 1, case .string(let s) = entries[0].value {
-                    metadata.append((key, s))
+                let entries = meta[key] ?? []
+                if entries.count == 1, entries[0].path.count == 1 {
+                    // A top-level scalar: the metadata value is its text (a string as is, a number
+                    // in JSON's form); safetensors metadata values are strings.
+                    switch entries[0].value {
+                    case .string(let s): metadata.append((key, s))
+                    case .number(let n):
+                        var w = JSONWriter()
+                        w.number(n)
+                        metadata.append((key, String(decoding: w.bytes, as: UTF8.self)))
+                    case .emptyObject, .tensor: metadata.append((key, "{}"))
+                    }
                 } else {
                     var w = JSONWriter()
                     Self.writeObject(entries.map { (Array($0.path.dropFirst()), $0.value) }[...], depth: 0, into: &w, base64: true)
@@ -106,13 +115,13 @@ struct Answer: Sendable {
     private static func writeMembers(_ fields: ArraySlice<(path: [String], value: Value)>, depth: Int, into w: inout JSONWriter, base64: Bool) {
         var order: [String] = []
         var groups: [String: [(path: [String], value: Value)]] = [:]
-        for f in fields {
+        for f in fields where depth < f.path.count {
             let key = f.path[depth]
             if groups[key] == nil { order.append(key) }
             groups[key, default: []].append(f)
         }
         for key in order {
-            let group = groups[key]!
+            guard let group = groups[key] else { continue }
             w.key(key)
             if group.count == 1, group[0].path.count == depth + 1 {
                 switch group[0].value {
