@@ -16,7 +16,8 @@ struct FlowRouteTests {
         let app = try await buildApplication(testConfiguration(), logger: quietLogger())
         try await app.test(.router) { client in
             for encoding in ["json", "base64", "safetensors"] {
-                let request = #"{"model": \#(Self.field), "inputs": {"x": [[0.3, -0.7], [0.1, 0.2]]}, "method": "rk4", "step_size": 0.25, "return_intermediates": true, "output_encoding": "\#(encoding)"}"#
+                let settings = #""method": "rk4", "step_size": 0.25, "return_intermediates": true, "output_encoding": "\#(encoding)""#
+                let request = #"{"model": \#(Self.field), "inputs": {"x": [[0.3, -0.7], [0.1, 0.2]]}, \#(settings)}"#
                 try await client.execute(uri: "/v1/\(route)", method: .post, headers: jsonHeaders, body: body(request)) { r in
                     #expect(r.status == .ok, "\(encoding): \(r.text)")
                     if encoding == "safetensors" {
