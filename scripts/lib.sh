@@ -37,18 +37,18 @@ ensure_swift() {
 
 # A cached virtual environment outside the repo with PyTorch (CPU use) for reference checks.
 ensure_venv() {
-    if [ -x "$GRADSERVE_VENV/bin/python" ] && "$GRADSERVE_VENV/bin/python" -c 'import torch, numpy, pytest, requests, schemathesis, openapi_spec_validator, nbclient, nbformat, ipykernel, matplotlib, tesseract_core, tesseract_jax, umbridge, kubernetes_validate, yaml' 2>/dev/null; then
+    if [ -x "$GRADSERVE_VENV/bin/python" ] && "$GRADSERVE_VENV/bin/python" -c 'import torch, numpy, pytest, requests, schemathesis, openapi_spec_validator, nbclient, nbformat, ipykernel, matplotlib, tesseract_core, tesseract_jax, umbridge, kubernetes_validate, yaml, flow_matching, torchdiffeq, tqdm' 2>/dev/null; then
         return
     fi
     if ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
         log "installing python3-venv (apt)"
         apt_install python3 python3-venv python3-pip
     fi
-    log "setting up $GRADSERVE_VENV: numpy, torch, pytest, requests, schemathesis, openapi-spec-validator, nbclient, matplotlib, kubernetes-validate (once; PyTorch is large)"
+    log "setting up $GRADSERVE_VENV: numpy, torch, pytest, requests, schemathesis, openapi-spec-validator, nbclient, matplotlib, kubernetes-validate, flow-matching (once; PyTorch is large)"
     mkdir -p "$(dirname "$GRADSERVE_VENV")"
     [ -x "$GRADSERVE_VENV/bin/python" ] || python3 -m venv "$GRADSERVE_VENV"
     "$GRADSERVE_VENV/bin/pip" install -q --upgrade pip
-    "$GRADSERVE_VENV/bin/pip" install -q numpy torch pytest requests schemathesis openapi-spec-validator nbclient nbformat ipykernel matplotlib 'tesseract-core[runtime]' tesseract-jax umbridge kubernetes-validate pyyaml
+    "$GRADSERVE_VENV/bin/pip" install -q numpy torch pytest requests schemathesis openapi-spec-validator nbclient nbformat ipykernel matplotlib 'tesseract-core[runtime]' tesseract-jax umbridge kubernetes-validate pyyaml flow-matching torchdiffeq tqdm
 }
 
 # The multi-replica and container tests (e2e/cluster, e2e/container): nginx (run by the tests in the

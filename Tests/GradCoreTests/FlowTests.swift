@@ -149,11 +149,15 @@ struct FlowTests {
             ([0, .infinity], ODEOptions(), .timeGrid),
             ([0, 1], ODEOptions(stepSize: 0.1), .stepSize),
             ([0, 1], ODEOptions(method: .euler, stepSize: 0), .stepSize),
+            ([0, 1], ODEOptions(method: .rk4, stepSize: -0.1), .stepSize),
+            ([], ODEOptions(method: .rk4, stepSize: 0.1), .timeGrid),
             ([0, 1], ODEOptions(atol: 0), .atol),
             ([0, 1], ODEOptions(rtol: -1), .rtol),
             ([0, 1], ODEOptions(maxSteps: 0), .maxSteps),
         ]
         for (grid, options, setting) in cases {
+            // The plan runs before the solve validates: it must not trap on what validation refuses.
+            _ = m.plan(flow: nil, batch: 1, d: 3, timeGrid: grid, options: options, returnIntermediates: true)
             #expect(throws: GradError.self) { try m.integrate(x, timeGrid: grid, options: options) }
             do {
                 _ = try m.integrate(x, timeGrid: grid, options: options)

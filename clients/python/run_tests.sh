@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The Python client's checks, against live release servers:
 #   1. the client test suite (pytest, checked against PyTorch computed in the tests)
-#   2. examples/seed_walkthrough.ipynb executed (nbclient) against a server it starts, GRADSERVE_URL
-#      set for the notebook; any error or failed assertion fails the run
+#   2. examples/seed_walkthrough.ipynb and examples/cnf_likelihood.ipynb executed (nbclient), each against
+#      a server it starts, GRADSERVE_URL set for the notebook; any error or failed assertion fails the run
 # Python: the venv at $GRADSERVE_VENV (default ~/.cache/gradserve/venv, created when missing); missing
 # packages are installed into it, and this client as an editable install.
 # Server: $GRADSERVE_BIN, else a private copy of <repo>/.build/release/gradserve (build it first:
@@ -25,7 +25,8 @@ fi
 # module:package pairs; only the missing ones are installed
 missing=()
 for pair in numpy:numpy requests:requests torch:torch pytest:pytest nbclient:nbclient nbformat:nbformat \
-            ipykernel:ipykernel matplotlib:matplotlib hatchling:hatchling; do
+            ipykernel:ipykernel matplotlib:matplotlib hatchling:hatchling \
+            torchdiffeq:torchdiffeq tqdm:tqdm flow_matching:flow-matching; do
     "$PY" -c "import ${pair%%:*}" 2>/dev/null || missing+=("${pair##*:}")
 done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -51,5 +52,6 @@ log "1/2 client tests (pytest against live servers, checked against PyTorch)"
 cd "$HERE"
 "$PY" -m pytest tests -q -p no:cacheprovider "$@"
 
-log "2/2 examples/seed_walkthrough.ipynb against a live server"
+log "2/2 the notebooks against a live server: examples/seed_walkthrough.ipynb, examples/cnf_likelihood.ipynb"
 "$PY" "$HERE/tests/run_notebook.py" "$REPO/examples/seed_walkthrough.ipynb"
+"$PY" "$HERE/tests/run_notebook.py" "$REPO/examples/cnf_likelihood.ipynb"

@@ -47,8 +47,9 @@ public struct ODEOptions: Sendable, Equatable {
         self.maxSteps = maxSteps
     }
 
-    /// Checks the options and the time grid; every problem names its place.
-    func validate(timeGrid grid: [Double]) throws(GradError) {
+    /// Checks the options and the time grid; every problem names its place. Call it before
+    /// planning: the plan sizes a fixed-step solve from them.
+    public func validate(timeGrid grid: [Double]) throws(GradError) {
         if grid.count < 2 { throw .invalid(.solver(.timeGrid), "needs at least two times, got \(grid.count)") }
         if let i = grid.firstIndex(where: { !$0.isFinite }) { throw .invalid(.solver(.timeGrid), "time \(i) is not finite") }
         let increasing = grid[1] > grid[0]
@@ -71,12 +72,14 @@ public struct ODEOptions: Sendable, Equatable {
     /// negated for a decreasing grid), the last point replaced by the end. Nil when it would take
     /// more than `maxSteps` steps.
     func fixedSteps(_ grid: [Double]) -> [Double]? {
+        guard grid.count >= 2 else { return nil }
         guard let h = stepSize else { return grid.count - 1 <= maxSteps ? grid : nil }
+        guard h > 0, h.isFinite else { return nil }
         let sign: Double = grid[grid.count - 1] < grid[0] ? -1 : 1
         let start = sign * grid[0]
         let end = sign * grid[grid.count - 1]
         let count = ((end - start) / h + 1).rounded(.up)
-        guard count.isFinite, count - 1 <= Double(maxSteps) else { return nil }
+        guard count.isFinite, count >= 2, count - 1 <= Double(maxSteps) else { return nil }
         var times = (0..<Int(count)).map { sign * (start + Double($0) * h) }
         times[times.count - 1] = grid[grid.count - 1]
         return times
@@ -246,7 +249,8 @@ struct ODESolver<S: BLASScalar> {
         return out
     }
 
-    /// Hairer, Nørsett & Wanner's starting step (torchdiffeq's `_select_initial_step`, order 5).
+    /// Hairer, Nørsett & Wanner's starting step (torchdiffeq's `_select_initial_step`, which
+    /// dopri5 calls with order 4, so the exponent is 1/5).
     private mutating func initialStep(_ t0: Double, _ y0: [S], _ f0: [S]) throws(GradError) -> Double {
         let scale = y0.map { options.atol + Double(abs($0)) * options.rtol }
         let d0 = norm { i in Double(y0[i]) / scale[i] }
@@ -254,7 +258,7 @@ struct ODESolver<S: BLASScalar> {
         let h0 = d0 < 1e-5 || d1 < 1e-5 ? 1e-6 : 0.01 * d0 / d1
         let f1 = try eval(t0 + h0, Self.axpy(S(h0), f0, y0))
         let d2 = norm { i in Double(f1[i] - f0[i]) / scale[i] } / h0
-        let h1 = d1 <= 1e-15 && d2 <= 1e-15 ? max(1e-6, h0 * 1e-3) : Double.pow(0.01 / max(d1, d2), 1.0 / 6)
+        let h1 = d1 <= 1e-15 && d2 <= 1e-15 ? max(1e-6, h0 * 1e-3) : Double.pow(0.01 / max(d1, d2), 1.0 / 5)
         return min(100 * h0, h1)
     }
 

@@ -132,6 +132,7 @@ struct OperationRunner: Sendable {
             method: method, stepSize: try doc.number("step_size"), atol: try doc.number("atol") ?? 1e-5, rtol: try doc.number("rtol") ?? 1e-5,
             maxSteps: try doc.int("max_steps", default: 10_000, range: 1...1_000_000))
         let intermediates = try doc.bool("return_intermediates", default: false)
+        try options.validate(timeGrid: grid)
         var divergence: LogDensityDivergence? = nil
         if op == .logprob {
             _ = try doc.choice("base", ["standard_normal"], default: "standard_normal")

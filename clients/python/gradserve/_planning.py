@@ -45,6 +45,12 @@ def _answer_size(op: str, sig: Signature, d: int, k: int, fields: dict) -> tuple
     if op == "jacobian":
         wrt = fields.get("wrt") or ["x"]
         return outputs + (dp * d if "x" in wrt else 0) + (dp if "t" in wrt else 0), 0
+    if op in ("integrate", "logprob"):
+        # x (or x0), per row; logprob and log_det; the trajectory [T, B, D] (T grid times, default 2)
+        per = d + (2 if op == "logprob" else 0)
+        if fields.get("return_intermediates"):
+            per += len(fields.get("time_grid") or (0, 1)) * d
+        return per, 0
     # divergence: the server bounds the work it does, not just the answer
     if fields.get("method") == "hutchinson":
         return int(fields.get("probes", 16)) * max(d, dp), 0

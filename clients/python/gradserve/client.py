@@ -1,7 +1,8 @@
 """The HTTP client: ``Client(url).jacobian(model, x, t)`` and friends.
 
 ``Client`` holds the public calls and the compute pipeline (``_compute``: planned, ``_run``, merged); its
-parts live in private modules of the package: ``_registry`` (registration, model resolution,
+parts live in private modules of the package: ``_flows`` (``sample`` and ``logprob``, the continuous
+normalizing flow calls: ``_Flows``, a base class of ``Client``), ``_registry`` (registration, model resolution,
 re-registration: ``_Registry``, the base class of ``Client``), ``_transport`` (HTTP exchanges, retries
 and failover, request encoding: ``_Transport``, the base class of ``_Registry``), ``_planning`` (batch
 splitting, answer sizes, encodings) and ``_merging`` (a split batch's answers reassembled). The retry
@@ -21,6 +22,7 @@ import numpy as np
 import requests
 
 from . import errors as E
+from ._flows import _Flows
 from ._merging import _assemble
 from ._planning import _Plan
 from ._registry import _Model, _Registry
@@ -42,7 +44,7 @@ def _wrt(v: str | Sequence[str] | None) -> list[str] | None:
     return [v] if isinstance(v, str) else list(v)
 
 
-class Client(_Registry):
+class Client(_Flows, _Registry):
     """A client of one gradserve service (or of several replicas).
 
     ``url``: the server's base URL; default ``$GRADSERVE_URL``, then ``http://127.0.0.1:8080``. A list of
@@ -62,6 +64,9 @@ class Client(_Registry):
 
     Arrays go in as numpy arrays, torch tensors or nested lists; answers come back as numpy arrays, or
     as torch tensors (on the device of the inputs) when any input was a torch tensor.
+
+    Operations: ``forward``, ``vjp``, ``jvp``, ``jacobian``, ``divergence``, ``benchmark``; continuous
+    normalizing flows: ``sample`` (``/v1/integrate``) and ``logprob`` (``/v1/logprob``), from ``_Flows``.
     """
 
     def __init__(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
 import sys
 from typing import Any
@@ -182,7 +183,8 @@ def decode_safetensors_answer(buf: bytes | bytearray) -> dict:
         node[path[-1]] = a
     for k, v in meta.items():
         text = v.strip()
-        if text[:1] in "{[":
+        # JSON objects and arrays (timing, steps) and numbers (nfe) parsed back; strings (mode) as they are
+        if text[:1] in "{[" or _NUMBER.fullmatch(text):
             try:
                 out[k] = json.loads(text)
                 continue
@@ -190,3 +192,6 @@ def decode_safetensors_answer(buf: bytes | bytearray) -> dict:
                 pass
         out[k] = v
     return out
+
+
+_NUMBER = re.compile(r"-?(0|[1-9][0-9]*)(\.[0-9]+)?([eE][-+]?[0-9]+)?")

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Executes examples/seed_walkthrough.ipynb against a live server and fails on any error.
+"""Executes a notebook (default examples/seed_walkthrough.ipynb; also examples/cnf_likelihood.ipynb) against a
+live server and fails on any error.
 
     python clients/python/tests/run_notebook.py [--url URL] [--output executed.ipynb]
 
