@@ -176,6 +176,22 @@ struct FlowTests {
         } catch {
             Issue.record("unexpected \(error)")
         }
+        // A step longer than the interval is one step of it (torchdiffeq's grid does the same).
+        #expect(try m.integrate(x, timeGrid: [0, 1], options: ODEOptions(method: .euler, stepSize: 1e300)).stats.accepted == 1)
+        // A flow that blows up is a 422 at the model, never a complaint about the input.
+        guard case .float64(let blowUp) = try model(#"{"dtype": "float64", "layers": [{"op": "linear", "weight": [[1e300]]}]}"#) else { fatalError() }
+        let one = Tensor<Double>(shape: [1, 1], scalars: [1])
+        for options in [ODEOptions(method: .euler), ODEOptions()] {
+            do {
+                _ = try blowUp.integrate(one, timeGrid: [0, 1e10], options: options)
+                Issue.record("a diverging solve returned")
+            } catch .invalid(let issues) {
+                #expect(issues.allSatisfy { $0.place != .input(.x) }, "\(issues)")
+            } catch .limitExceeded {
+            } catch {
+                Issue.record("unexpected \(error)")
+            }
+        }
         guard case .float64(let wide) = try model(#"{"dtype": "float64", "layers": [{"op": "linear", "weight": [[1, 2, 3]]}]}"#) else { fatalError() }
         #expect(throws: GradError.invalid(.model(nil), "a velocity field needs as many outputs as x features (D' = D), got D' = 1, D = 3")) {
             try wide.integrate(x, timeGrid: [0, 1])

@@ -78,8 +78,9 @@ public struct ODEOptions: Sendable, Equatable {
         let sign: Double = grid[grid.count - 1] < grid[0] ? -1 : 1
         let start = sign * grid[0]
         let end = sign * grid[grid.count - 1]
-        let count = ((end - start) / h + 1).rounded(.up)
-        guard count.isFinite, count >= 2, count - 1 <= Double(maxSteps) else { return nil }
+        // A step longer than the interval is one step of the interval.
+        let count = Swift.max(2, ((end - start) / h + 1).rounded(.up))
+        guard count.isFinite, count - 1 <= Double(maxSteps) else { return nil }
         var times = (0..<Int(count)).map { sign * (start + Double($0) * h) }
         times[times.count - 1] = grid[grid.count - 1]
         return times
@@ -129,6 +130,7 @@ struct ODESolver<S: BLASScalar> {
 
     private mutating func eval(_ t: Double, _ y: [S]) throws(GradError) -> [S] {
         try Cancellation.checkpoint()
+        try Self.checkFinite(y, at: t)
         stats.nfe += 1
         return try f(t, y)
     }
@@ -222,12 +224,23 @@ struct ODESolver<S: BLASScalar> {
                 }
                 let lands = abs(h) >= abs(target - t)
                 let dt = lands ? target - t : h
-                if t + dt == t { throw .invalid(.solver(.atol), "the step size underflowed at t = \(t); the tolerances are too tight for this flow") }
+                if t + dt == t {
+                    throw .invalid(
+                        .solver(.atol),
+                        "the step size underflowed at t = \(t): the flow diverges or is too stiff there, or the tolerances are too tight for it")
+                }
                 let hs = S(dt)
                 var k = [k1]
                 for (i, row) in Self.beta.enumerated() {
                     let yi = Self.combine(y, zip(row, k).map { (hs * S($0.0), $0.1) })
+                    // A stage that left the finite numbers: the step was too long; refuse it.
+                    guard isFinite(yi) else { break }
                     k.append(try eval(t + dt * Self.alpha[i], yi))
+                }
+                guard k.count == 7 else {
+                    stats.rejected += 1
+                    h = Self.nextStep(dt, ratio: .infinity)
+                    continue
                 }
                 // The sixth stage's input is the fifth-order solution (its row is c_sol), and
                 // k[6] is f there: first-same-as-last.
