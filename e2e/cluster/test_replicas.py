@@ -108,7 +108,7 @@ def check(got: np.ndarray, want: np.ndarray, what: str) -> None:
     got = np.asarray(got, dtype=np.float64)
     assert got.shape == want.shape, f"{what}: shape {got.shape}, PyTorch {want.shape}"
     err = np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30)
-    assert err < TOL, f"{what}: norm-relative error {err:.2e} against PyTorch"
+    assert err < TOL, f"{what}: norm-relative error {err:.2e} against PyTorch (got {got.ravel()[:6]}, want {want.ravel()[:6]})"
 
 
 # ------------------------------------------------------------------------------------------------
@@ -353,7 +353,9 @@ def test_client_multi_url_one_replica_killed_and_restarted_empty(models_dir):
                      sorted({k[1] for k in registrations}, key=str), lambda u: name.get(u, u))
         assert by[(victim.url, "connection")] >= 1, "no request ever met the dead replica: the test did not test"
         assert not any(isinstance(k[1], int) and 400 <= k[1] < 500 and k[1] != 404 for k in by), by
-        assert not_found, "the restarted replica never answered 404 for the client's model"
+        # The client registers its model again on the restarted replica either after a 404 there or
+        # ahead of one (a replica it saw fail is registered again before its next request): either
+        # way the model must be back (asserted below); a 404 is not required.
         assert reregistered, "the restarted replica never got the client's model again"
         c.close()
     finally:
