@@ -19,11 +19,32 @@ from gradserve.models import to_json
 from gradserve.torch import export
 from gradserve_testing.toymlp import toy_mlp
 
-from gs_helpers import decode_answer, describe, post
+from gs_helpers import decode_answer, describe, post, sent_value
 
 TORCH_DTYPE = {"float32": torch.float32, "float64": torch.float64}
 FIXED_METHODS = ["euler", "midpoint", "rk4"]
 EVALS_PER_STEP = {"euler": 1, "midpoint": 2, "rk4": 4}
+DTYPES = ["float64", "float32"]
+
+# A small time-varying field (D = 2) and inputs for the requests that must be refused.
+TINY = {"inputs": ["x", "t"], "dtype": "float64",
+        "layers": [{"op": "linear", "weight": [[0.5, -0.25, 0.1], [0.125, 1.0, -0.3]]}, {"op": "tanh"}]}
+TINY_X = [[0.1, 0.2], [0.3, -0.4]]
+
+
+def random_x(b: int, d: int, seed: int) -> np.ndarray:
+    """A [B, D] standard normal batch, reproducible by seed."""
+    return np.random.default_rng(seed).normal(0, 1, size=(b, d))
+
+
+def held(x: np.ndarray, dtype: str) -> np.ndarray:
+    """x as the server holds it (sent as nested JSON, cast to the model's dtype)."""
+    return sent_value(x, "nested", "float64", dtype)
+
+
+def names_field(field: str, paths: list[str]) -> bool:
+    """Whether one of a problem's error paths is ``field`` or inside it."""
+    return any(p == field or p.startswith(field + ".") or p.startswith(field + "[") for p in paths)
 
 
 def cfm_mlp(dim: int = 3, w: int = 32, dtype: str = "float64", seed: int = 0, time_varying: bool = True):

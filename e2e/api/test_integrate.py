@@ -15,33 +15,25 @@ import pytest
 from gs_helpers import assert_problem, close, error_paths, post
 
 from gs_flows import (
+    DTYPES,
     EVALS_PER_STEP,
     FIXED_METHODS,
+    TINY,
+    TINY_X,
     as_accurate,
     cfm_mlp,
     fm_sample,
+    held,
     linear_flow,
     linear_flow_solution,
     model_json,
+    names_field,
+    random_x,
     solve,
     tight_sample,
 )
 
-DTYPES = ["float64", "float32"]
 GRIDS = {"forward": [0.0, 0.25, 0.6, 1.0], "reverse": [1.0, 0.7, 0.0]}
-
-
-def _x(b: int, d: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).normal(0, 1, size=(b, d))
-
-
-def _seen(x: np.ndarray, dtype: str) -> np.ndarray:
-    """x as the server holds it (cast to the model's dtype)."""
-    return x.astype(np.float32).astype(np.float64) if dtype == "float32" else x
-
-
-def _names(field: str, paths: list[str]) -> bool:
-    return any(p == field or p.startswith(field + ".") or p.startswith(field + "[") for p in paths)
 
 
 @pytest.mark.parametrize("direction", ["forward", "reverse"])
@@ -51,7 +43,7 @@ def _names(field: str, paths: list[str]) -> bool:
 def test_fixed_step_matches_flow_matching(server, method, dtype, step_size, direction):
     module = cfm_mlp(3, 32, dtype, seed=1)
     grid = GRIDS[direction]
-    x = _seen(_x(5, 3, seed=2), dtype)
+    x = held(random_x(5, 3, seed=2), dtype)
     fields = {"time_grid": grid, "method": method, "return_intermediates": True}
     if step_size is not None:
         fields["step_size"] = step_size
@@ -75,7 +67,7 @@ def test_dopri5_within_tolerance_of_flow_matching(server, dtype, direction):
     see gs_flows.as_accurate for why not within 10·(atol + rtol·|x|) of torchdiffeq's numbers."""
     module = cfm_mlp(3, 32, dtype, seed=3)
     grid = GRIDS[direction]
-    x = _seen(_x(6, 3, seed=4), dtype)
+    x = held(random_x(6, 3, seed=4), dtype)
     exact = tight_sample(module, x, grid)
     for atol, rtol in [(1e-5, 1e-5), (1e-7, 1e-4)] if dtype == "float64" else [(1e-5, 1e-5)]:
         ans = solve(server, "integrate", model_json(module), x, dtype, time_grid=grid, method="dopri5", atol=atol, rtol=rtol,
@@ -93,7 +85,7 @@ def test_dopri5_within_tolerance_of_flow_matching(server, dtype, direction):
 
 def test_defaults_are_dopri5_from_0_to_1(server):
     module = cfm_mlp(3, 32, "float64", seed=5)
-    x = _x(4, 3, seed=6)
+    x = random_x(4, 3, seed=6)
     m = model_json(module)
     plain = solve(server, "integrate", m, x, "float64")
     explicit = solve(server, "integrate", m, x, "float64", time_grid=[0, 1], method="dopri5", atol=1e-5, rtol=1e-5,
@@ -128,7 +120,7 @@ def test_linear_flow_closed_form(server, time_varying):
 def test_rows_are_independent_with_fixed_steps(server):
     module = cfm_mlp(3, 32, "float64", seed=8)
     m = model_json(module)
-    x = _x(7, 3, seed=9)
+    x = random_x(7, 3, seed=9)
     whole = solve(server, "integrate", m, x, "float64", method="rk4", step_size=0.1)
     for i in (0, 3, 6):
         one = solve(server, "integrate", m, x[i : i + 1], "float64", method="rk4", step_size=0.1)
@@ -138,7 +130,7 @@ def test_rows_are_independent_with_fixed_steps(server):
 @pytest.mark.parametrize("encoding", ["json", "base64", "safetensors"])
 def test_output_encodings(server, encoding):
     module = cfm_mlp(3, 32, "float32", seed=10)
-    x = _seen(_x(3, 3, seed=11), "float32")
+    x = held(random_x(3, 3, seed=11), "float32")
     fields = {"time_grid": [0.0, 0.5, 1.0], "method": "midpoint", "return_intermediates": True}
     ans = solve(server, "integrate", model_json(module), x, "float32", output_encoding=encoding, **fields)
     want, nfe = fm_sample(module, x, "float32", fields["time_grid"], "midpoint")
@@ -155,7 +147,7 @@ def test_a_registered_model(server):
     r = post(server, "/v1/models", {"model": model_json(module), "name": "cfm-integrate"})
     assert r.status_code in (200, 201), r.text
     mid = r.json()["id"]
-    x = _x(4, 3, seed=13)
+    x = random_x(4, 3, seed=13)
     by_id = solve(server, "integrate", mid, x, "float64", method="euler", time_grid=[0, 0.5, 1])
     inline = solve(server, "integrate", model_json(module), x, "float64", method="euler", time_grid=[0, 0.5, 1])
     assert np.array_equal(by_id["x"], inline["x"])
@@ -164,10 +156,6 @@ def test_a_registered_model(server):
 # --------------------------------------------------------------------------------------
 # bad requests: 422 naming the field
 # --------------------------------------------------------------------------------------
-
-_TINY = {"inputs": ["x", "t"], "dtype": "float64",
-         "layers": [{"op": "linear", "weight": [[0.5, -0.25, 0.1], [0.125, 1.0, -0.3]]}, {"op": "tanh"}]}
-_X = [[0.1, 0.2], [0.3, -0.4]]
 
 
 @pytest.mark.parametrize(
@@ -185,21 +173,21 @@ _X = [[0.1, 0.2], [0.3, -0.4]]
         ("atol", {"atol": -1e-5}),
         ("rtol", {"rtol": -1e-5}),
         ("max_steps", {"max_steps": 0}),
-        ("inputs.t", {"inputs": {"x": _X, "t": [0.0, 0.0]}}),
+        ("inputs.t", {"inputs": {"x": TINY_X, "t": [0.0, 0.0]}}),
         ("return_intermediates", {"return_intermediates": "yes"}),
     ],
     ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={v[k]}" for k in v)[:40],
 )
 def test_bad_fields_are_422_naming_them(server, field, extra):
-    body = {"model": _TINY, "inputs": {"x": _X}, **extra}
+    body = {"model": TINY, "inputs": {"x": TINY_X}, **extra}
     p = assert_problem(post(server, "/v1/integrate", body), 422)
-    assert _names(field, error_paths(p)), f"expected an error at {field}, got {p['errors']}"
+    assert names_field(field, error_paths(p)), f"expected an error at {field}, got {p['errors']}"
 
 
 def test_non_finite_time_grid_is_422(server):
-    body = json.dumps({"model": _TINY, "inputs": {"x": _X}})[:-1] + ', "time_grid": [0, 1e999]}'
+    body = json.dumps({"model": TINY, "inputs": {"x": TINY_X}})[:-1] + ', "time_grid": [0, 1e999]}'
     p = assert_problem(post(server, "/v1/integrate", body), 422)
-    assert _names("time_grid", error_paths(p)), p["errors"]
+    assert names_field("time_grid", error_paths(p)), p["errors"]
 
 
 def test_negative_step_size_is_422(start_server):
@@ -209,25 +197,25 @@ def test_negative_step_size_is_422(start_server):
     for op in ("integrate", "logprob"):
         for method in FIXED_METHODS:
             for h in (-0.1, -1e300):
-                body = {"model": _TINY, "inputs": {"x": _X}, "method": method, "step_size": h}
+                body = {"model": TINY, "inputs": {"x": TINY_X}, "method": method, "step_size": h}
                 p = assert_problem(post(s.url, f"/v1/{op}", body), 422)
-                assert _names("step_size", error_paths(p)), p["errors"]
+                assert names_field("step_size", error_paths(p)), p["errors"]
     assert s.alive()
     s.stop()
 
 
 def test_step_size_with_dopri5(server):
     """flow_matching: 'step_size must be None for adaptive step solvers'; the server refuses it naming the field."""
-    p = assert_problem(post(server, "/v1/integrate", {"model": _TINY, "inputs": {"x": _X}, "method": "dopri5", "step_size": 0.1}), 422)
-    assert _names("step_size", error_paths(p)), p["errors"]
+    p = assert_problem(post(server, "/v1/integrate", {"model": TINY, "inputs": {"x": TINY_X}, "method": "dopri5", "step_size": 0.1}), 422)
+    assert names_field("step_size", error_paths(p)), p["errors"]
 
 
 @pytest.mark.parametrize("method,extra", [("dopri5", {"atol": 1e-12, "rtol": 1e-12}), ("euler", {"step_size": 1e-3})])
 def test_max_steps_exceeded_says_how_far_it_got(server, method, extra):
     module = cfm_mlp(3, 32, "float64", seed=14)
-    body = {"model": model_json(module), "inputs": {"x": _x(2, 3, seed=15).tolist()}, "method": method, "max_steps": 5, **extra}
+    body = {"model": model_json(module), "inputs": {"x": random_x(2, 3, seed=15).tolist()}, "method": method, "max_steps": 5, **extra}
     p = assert_problem(post(server, "/v1/integrate", body), 422)
-    assert _names("max_steps", error_paths(p)), p["errors"]
+    assert names_field("max_steps", error_paths(p)), p["errors"]
     text = p["detail"] + " ".join(e["message"] for e in p["errors"])
     assert any(ch.isdigit() for ch in text.replace("max_steps", "")), f"no progress reported: {text}"
     # enough steps: the same request succeeds

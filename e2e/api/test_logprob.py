@@ -14,32 +14,24 @@ import pytest
 from gs_helpers import assert_problem, close, error_paths, post
 
 from gs_flows import (
+    DTYPES,
     EVALS_PER_STEP,
     FIXED_METHODS,
+    TINY,
+    TINY_X,
     as_accurate,
     cfm_mlp,
     fm_logprob,
+    held,
     linear_flow,
     linear_flow_solution,
     log_p0,
     model_json,
+    names_field,
+    random_x,
     solve,
     tight_logprob,
 )
-
-DTYPES = ["float64", "float32"]
-
-
-def _x(b: int, d: int, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).normal(0, 1, size=(b, d))
-
-
-def _seen(x: np.ndarray, dtype: str) -> np.ndarray:
-    return x.astype(np.float32).astype(np.float64) if dtype == "float32" else x
-
-
-def _names(field: str, paths: list[str]) -> bool:
-    return any(p == field or p.startswith(field + ".") or p.startswith(field + "[") for p in paths)
 
 
 def _consistent(ans: dict, dtype: str) -> None:
@@ -55,7 +47,7 @@ def _consistent(ans: dict, dtype: str) -> None:
 def test_exact_fixed_step_matches_flow_matching(server, method, dtype, step_size):
     module = cfm_mlp(3, 32, dtype, seed=21)
     grid = [1.0, 0.6, 0.0]
-    x = _seen(_x(5, 3, seed=22), dtype)
+    x = held(random_x(5, 3, seed=22), dtype)
     fields = {"time_grid": grid, "method": method, "return_intermediates": True}
     if step_size is not None:
         fields["step_size"] = step_size
@@ -75,7 +67,7 @@ def test_exact_fixed_step_matches_flow_matching(server, method, dtype, step_size
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_exact_dopri5_within_tolerance_of_flow_matching(server, dtype):
     module = cfm_mlp(3, 32, dtype, seed=23)
-    x = _seen(_x(6, 3, seed=24), dtype)
+    x = held(random_x(6, 3, seed=24), dtype)
     grid = [1.0, 0.5, 0.0]
     exact_lp, exact_traj, exact_log_det = tight_logprob(module, x, grid)
     for atol, rtol in [(1e-5, 1e-5), (1e-6, 1e-4)] if dtype == "float64" else [(1e-5, 1e-5)]:
@@ -95,7 +87,7 @@ def test_defaults(server):
     """time_grid [1, 0], dopri5 at 1e-5, exact divergence, standard normal base."""
     module = cfm_mlp(3, 32, "float64", seed=25)
     m = model_json(module)
-    x = _x(4, 3, seed=26)
+    x = random_x(4, 3, seed=26)
     plain = solve(server, "logprob", m, x, "float64")
     explicit = solve(server, "logprob", m, x, "float64", time_grid=[1, 0], method="dopri5", atol=1e-5, rtol=1e-5,
                      divergence="exact", base="standard_normal", max_steps=10000)
@@ -133,7 +125,7 @@ def test_linear_flow_closed_form(server, time_varying):
 def test_hutchinson_is_reproducible_by_seed(server):
     module = cfm_mlp(3, 32, "float64", seed=28)
     m = model_json(module)
-    x = _x(5, 3, seed=29)
+    x = random_x(5, 3, seed=29)
 
     def est(**kw):
         return solve(server, "logprob", m, x, "float64", divergence="hutchinson", method="midpoint", step_size=0.25, **kw)
@@ -155,7 +147,7 @@ def test_hutchinson_rademacher_in_one_dimension_is_exact(server):
     """D = 1: εᵀJε = J for ε = ±1, so one Rademacher probe gives the exact divergence."""
     module = cfm_mlp(1, 16, "float64", seed=30)
     m = model_json(module)
-    x = _x(6, 1, seed=31)
+    x = random_x(6, 1, seed=31)
     fields = {"method": "rk4", "time_grid": [1.0, 0.0], "step_size": 0.125}
     exact = solve(server, "logprob", m, x, "float64", **fields)
     hutch = solve(server, "logprob", m, x, "float64", divergence="hutchinson", seed=7, **fields)
@@ -195,7 +187,7 @@ def test_hutchinson_unbiased_on_an_mlp_and_error_shrinks_with_probes(server):
     same fixed-step solve), and the spread falls roughly as 1/√probes (16 probes: about 4× smaller)."""
     module = cfm_mlp(3, 32, "float64", seed=33)
     m = model_json(module)
-    x = np.repeat(_x(1, 3, seed=34), N_ROWS, axis=0)
+    x = np.repeat(random_x(1, 3, seed=34), N_ROWS, axis=0)
     fields = {"method": "midpoint", "step_size": 0.25}
     exact = solve(server, "logprob", m, x[:1], "float64", **fields)["log_det"][0]
     sd = {}
@@ -214,10 +206,6 @@ def test_hutchinson_unbiased_on_an_mlp_and_error_shrinks_with_probes(server):
 # bad requests: 422 naming the field
 # --------------------------------------------------------------------------------------
 
-_TINY = {"inputs": ["x", "t"], "dtype": "float64",
-         "layers": [{"op": "linear", "weight": [[0.5, -0.25, 0.1], [0.125, 1.0, -0.3]]}, {"op": "tanh"}]}
-_X = [[0.1, 0.2], [0.3, -0.4]]
-
 
 @pytest.mark.parametrize(
     "field,extra",
@@ -235,31 +223,31 @@ _X = [[0.1, 0.2], [0.3, -0.4]]
         ("time_grid", {"time_grid": [1.0, 0.0, 0.5]}),
         ("step_size", {"method": "midpoint", "step_size": 0}),
         ("max_steps", {"max_steps": -1}),
-        ("inputs.t", {"inputs": {"x": _X, "t": [1.0, 1.0]}}),
+        ("inputs.t", {"inputs": {"x": TINY_X, "t": [1.0, 1.0]}}),
     ],
     ids=lambda v: v if isinstance(v, str) else "-".join(f"{k}={v[k]}" for k in v)[:40],
 )
 def test_bad_fields_are_422_naming_them(server, field, extra):
-    body = {"model": _TINY, "inputs": {"x": _X}, **extra}
+    body = {"model": TINY, "inputs": {"x": TINY_X}, **extra}
     p = assert_problem(post(server, "/v1/logprob", body), 422)
-    assert _names(field, error_paths(p)), f"expected an error at {field}, got {p['errors']}"
+    assert names_field(field, error_paths(p)), f"expected an error at {field}, got {p['errors']}"
 
 
 def test_non_finite_time_grid_is_422(server):
-    body = json.dumps({"model": _TINY, "inputs": {"x": _X}})[:-1] + ', "time_grid": [1, -1e999]}'
+    body = json.dumps({"model": TINY, "inputs": {"x": TINY_X}})[:-1] + ', "time_grid": [1, -1e999]}'
     p = assert_problem(post(server, "/v1/logprob", body), 422)
-    assert _names("time_grid", error_paths(p)), p["errors"]
+    assert names_field("time_grid", error_paths(p)), p["errors"]
 
 
 def test_velocity_must_be_square(server):
     """v must map x to something of x's shape (D' = D)."""
     m = {"inputs": ["x"], "dtype": "float64", "layers": [{"op": "linear", "weight": [[0.5, -0.25], [0.125, 1.0], [1.0, 1.0]]}]}
     for op in ("logprob", "integrate"):
-        assert_problem(post(server, f"/v1/{op}", {"model": m, "inputs": {"x": _X}}), 422)
+        assert_problem(post(server, f"/v1/{op}", {"model": m, "inputs": {"x": TINY_X}}), 422)
 
 
 def test_max_steps_exceeded(server):
     module = cfm_mlp(3, 32, "float64", seed=35)
-    body = {"model": model_json(module), "inputs": {"x": _x(2, 3, seed=36).tolist()}, "atol": 1e-12, "rtol": 1e-12, "max_steps": 4}
+    body = {"model": model_json(module), "inputs": {"x": random_x(2, 3, seed=36).tolist()}, "atol": 1e-12, "rtol": 1e-12, "max_steps": 4}
     p = assert_problem(post(server, "/v1/logprob", body), 422)
-    assert _names("max_steps", error_paths(p)), p["errors"]
+    assert names_field("max_steps", error_paths(p)), p["errors"]
