@@ -105,7 +105,7 @@ public enum ModelDecoder {
             switch v {
             case .number(let x): given[key] = .number(x)
             case .string(let s): given[key] = .choice(s)
-            default: given[key] = .choice("")  // a wrong kind: resolve names the field
+            default: given[key] = .other(kind: v.typeName)
             }
         }
         var parameters: [String: ParameterSpec] = [:]

@@ -51,7 +51,7 @@ public enum ModelEncoder {
                     case .choice(let c)?:
                         w.key(field.name)
                         w.string(c)
-                    case nil: break
+                    case .other?, nil: break  // resolved arguments hold numbers and choices only
                     }
                 }
             }

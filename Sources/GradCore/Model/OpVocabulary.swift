@@ -78,7 +78,8 @@ public struct OpDeclaration: Sendable {
                     values[field.name] = .number(x)
                 }
             case (.choice(let options, _), .choice(let s)?) where options.contains(s): values[field.name] = .choice(s)
-            case (.number, _?): problems.append((field.name, "expected a finite number"))
+            case (.number, .choice?): problems.append((field.name, "expected a finite number, got a string"))
+            case (.number, .other(let kind)?): problems.append((field.name, "expected a finite number, got \(kind)"))
             case (.choice(let options, _), _?): problems.append((field.name, "expected " + options.map { "\"\($0)\"" }.joined(separator: " or ")))
             }
         }
@@ -147,6 +148,8 @@ public enum OpValue: Sendable, Hashable {
     case number(Double)
     /// A string (the value of a choice field).
     case choice(String)
+    /// A value of another kind (an array, an object, a boolean, null), named for messages.
+    case other(kind: String)
 }
 
 /// An op's field values after defaults are applied.

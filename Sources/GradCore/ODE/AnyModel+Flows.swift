@@ -91,7 +91,7 @@ extension Model {
         if options.method.isAdaptive {
             evaluations = Count(8)
         } else {
-            let steps = options.fixedSteps(timeGrid).map { Swift.max(0, $0.count - 1) } ?? options.maxSteps
+            let steps = options.fixedStepCount(timeGrid) ?? options.maxSteps
             evaluations = Count(steps) * options.method.stages
         }
         var p = ResourcePlan(

@@ -72,18 +72,26 @@ public struct ODEOptions: Sendable, Equatable {
     /// negated for a decreasing grid), the last point replaced by the end. Nil when it would take
     /// more than `maxSteps` steps.
     func fixedSteps(_ grid: [Double]) -> [Double]? {
-        guard grid.count >= 2 else { return nil }
-        guard let h = stepSize else { return grid.count - 1 <= maxSteps ? grid : nil }
-        guard h > 0, h.isFinite else { return nil }
+        guard let steps = fixedStepCount(grid) else { return nil }
+        guard let h = stepSize else { return grid }
         let sign: Double = grid[grid.count - 1] < grid[0] ? -1 : 1
         let start = sign * grid[0]
-        let end = sign * grid[grid.count - 1]
-        // A step longer than the interval is one step of the interval.
-        let count = Swift.max(2, ((end - start) / h + 1).rounded(.up))
-        guard count.isFinite, count - 1 <= Double(maxSteps) else { return nil }
-        var times = (0..<Int(count)).map { sign * (start + Double($0) * h) }
-        times[times.count - 1] = grid[grid.count - 1]
+        var times = (0...steps).map { sign * (start + Double($0) * h) }
+        times[steps] = grid[grid.count - 1]
         return times
+    }
+
+    /// How many steps ``fixedSteps(_:)`` takes, without building them (for the plan); nil when the
+    /// grid or the step is not usable or it would take more than `maxSteps`.
+    func fixedStepCount(_ grid: [Double]) -> Int? {
+        guard grid.count >= 2 else { return nil }
+        guard let h = stepSize else { return grid.count - 1 <= maxSteps ? grid.count - 1 : nil }
+        guard h > 0, h.isFinite else { return nil }
+        // On the increasing time axis; a step longer than the interval is one step of the interval.
+        let span = abs(grid[grid.count - 1] - grid[0])
+        let points = Swift.max(2, (span / h + 1).rounded(.up))
+        guard points.isFinite, points - 1 <= Double(maxSteps) else { return nil }
+        return Int(points) - 1
     }
 }
 
@@ -128,11 +136,18 @@ struct ODESolver<S: BLASScalar> {
         return options.method.isAdaptive ? try solveAdaptive(y0, grid: grid) : try solveFixed(y0, grid: grid)
     }
 
+    /// `f(t, y)` for a state already known to be finite (the input, an accepted state, a checked stage).
     private mutating func eval(_ t: Double, _ y: [S]) throws(GradError) -> [S] {
         try Cancellation.checkpoint()
-        try Self.checkFinite(y, at: t)
         stats.nfe += 1
         return try f(t, y)
+    }
+
+    /// `f(t, y)` for a stage state nothing has checked yet: one that left the finite numbers is the
+    /// flow's problem at `t`, never reported as bad input by the model.
+    private mutating func evalChecked(_ t: Double, _ y: [S]) throws(GradError) -> [S] {
+        try Self.checkFinite(y, at: t)
+        return try eval(t, y)
     }
 
     // MARK: fixed step
@@ -172,13 +187,13 @@ struct ODESolver<S: BLASScalar> {
         case .midpoint:
             let k1 = try eval(t0, y0)
             let half = S(dt / 2)
-            return Self.scale(h, try eval(t0 + dt / 2, Self.axpy(half, k1, y0)))
+            return Self.scale(h, try evalChecked(t0 + dt / 2, Self.axpy(half, k1, y0)))
         case .rk4, .dopri5:
             let third = S(1) / 3
             let k1 = try eval(t0, y0)
-            let k2 = try eval(t0 + dt / 3, Self.combine(y0, [(h * third, k1)]))
-            let k3 = try eval(t0 + dt * 2 / 3, Self.combine(y0, [(h, k2), (-h * third, k1)]))
-            let k4 = try eval(t1, Self.combine(y0, [(h, k1), (-h, k2), (h, k3)]))
+            let k2 = try evalChecked(t0 + dt / 3, Self.combine(y0, [(h * third, k1)]))
+            let k3 = try evalChecked(t0 + dt * 2 / 3, Self.combine(y0, [(h, k2), (-h * third, k1)]))
+            let k4 = try evalChecked(t1, Self.combine(y0, [(h, k1), (-h, k2), (h, k3)]))
             var dy = [S](repeating: 0, count: y0.count)
             for i in dy.indices { dy[i] = (k1[i] + 3 * (k2[i] + k3[i]) + k4[i]) * h * S(0.125) }
             return dy
@@ -269,7 +284,7 @@ struct ODESolver<S: BLASScalar> {
         let d0 = norm { i in Double(y0[i]) / scale[i] }
         let d1 = norm { i in Double(f0[i]) / scale[i] }
         let h0 = d0 < 1e-5 || d1 < 1e-5 ? 1e-6 : 0.01 * d0 / d1
-        let f1 = try eval(t0 + h0, Self.axpy(S(h0), f0, y0))
+        let f1 = try evalChecked(t0 + h0, Self.axpy(S(h0), f0, y0))
         let d2 = norm { i in Double(f1[i] - f0[i]) / scale[i] } / h0
         let h1 = d1 <= 1e-15 && d2 <= 1e-15 ? max(1e-6, h0 * 1e-3) : Double.pow(0.01 / max(d1, d2), 1.0 / 5)
         return min(100 * h0, h1)
