@@ -8,7 +8,9 @@
    replicas, a model registered by the client besides the --models-dir one; the killed replica restarts with an
    empty data directory, so the client must register its model there again (404, then re-registration).
 
-Every answer is checked against PyTorch (float64 from the same float32 weights). No request may fail: the
+Every answer is checked against PyTorch (float64 from the same float32 weights) once the phase is over, on the
+test's own thread (PyTorch never runs beside the load; a wrong answer's failure says which replica gave it, what
+that replica answers when asked again, and whether the reference reproduces). No request may fail: the
 client retries connection errors, 502 and 503 with backoff (never a 4xx). The report (printed at the end of
 the pytest run) shows the answers by replica and status. Bounded: each phase ends after its quota of answers
 once the restarted replica has answered again, or fails after PHASE_TIMEOUT seconds; no timing is asserted.
@@ -28,6 +30,7 @@ import requests
 import torch
 from torch.func import jacrev, jvp as tjvp, vmap
 
+import gradserve_testing  # noqa: F401 - first: puts this checkout's client on sys.path (run alone too)
 import gradserve
 from gradserve import errors as E
 from gradserve_testing.server import ServerProcess, temporary_dir
@@ -47,7 +50,6 @@ PHASE_TIMEOUT = 240.0  # seconds: a phase that has not finished by then fails
 OPS = ("forward", "vjp", "jvp", "jacobian", "divergence")
 BATCH = {"forward": 16, "vjp": 16, "jvp": 16, "jacobian": 3, "divergence": 4}
 TOL = 2e-5  # norm-relative error of a float32 answer against the float64 reference
-TORCH_LOCK = threading.Lock()  # PyTorch's forward-mode AD keeps global state: one reference at a time
 
 
 # ------------------------------------------------------------------------------------------------
@@ -76,20 +78,20 @@ class Reference:
         return {"x": x, "t": t, **extra}
 
     def expected(self, op: str, a: dict[str, np.ndarray]) -> np.ndarray:
+        """PyTorch's answer; called from the test's thread only (``Load.verify``), never beside the load."""
         x, t = torch.from_numpy(a["x"]).double(), torch.from_numpy(a["t"]).double()
-        with TORCH_LOCK:
-            if op == "forward":
-                return self.m(x, t).detach().numpy()
-            if op == "vjp":
-                xr = x.clone().requires_grad_(True)
-                (g,) = torch.autograd.grad(self.m(xr, t), xr, grad_outputs=torch.from_numpy(a["v"]).double())
-                return g.numpy()
-            if op == "jvp":
-                return tjvp(lambda xx: self.m(xx, t), (x,), (torch.from_numpy(a["u"]).double(),))[1].detach().numpy()
-            J = vmap(jacrev(lambda xi, ti: self.m(xi[None], ti[None])[0]))(x, t).detach()
-            if op == "jacobian":
-                return J.numpy()
-            return torch.diagonal(J, dim1=1, dim2=2).sum(-1).numpy()  # divergence
+        if op == "forward":
+            return self.m(x, t).detach().numpy()
+        if op == "vjp":
+            xr = x.clone().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.m(xr, t), xr, grad_outputs=torch.from_numpy(a["v"]).double())
+            return g.numpy()
+        if op == "jvp":
+            return tjvp(lambda xx: self.m(xx, t), (x,), (torch.from_numpy(a["u"]).double(),))[1].detach().numpy()
+        J = vmap(jacrev(lambda xi, ti: self.m(xi[None], ti[None])[0]))(x, t).detach()
+        if op == "jacobian":
+            return J.numpy()
+        return torch.diagonal(J, dim1=1, dim2=2).sum(-1).numpy()  # divergence
 
 
 def call(c: gradserve.Client, mid: str, op: str, a: dict[str, np.ndarray], batch_size: int | None = None) -> np.ndarray:
@@ -104,11 +106,11 @@ def call(c: gradserve.Client, mid: str, op: str, a: dict[str, np.ndarray], batch
     return c.divergence(mid, a["x"], a["t"], batch_size=batch_size).divergence
 
 
-def check(got: np.ndarray, want: np.ndarray, what: str) -> None:
+def relative_error(got: np.ndarray, want: np.ndarray) -> float:
     got = np.asarray(got, dtype=np.float64)
-    assert got.shape == want.shape, f"{what}: shape {got.shape}, PyTorch {want.shape}"
-    err = np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30)
-    assert err < TOL, f"{what}: norm-relative error {err:.2e} against PyTorch (got {got.ravel()[:6]}, want {want.ravel()[:6]})"
+    if got.shape != want.shape:
+        return float("inf")
+    return float(np.linalg.norm(got - want) / max(np.linalg.norm(want), 1e-30))
 
 
 # ------------------------------------------------------------------------------------------------
@@ -117,12 +119,23 @@ def check(got: np.ndarray, want: np.ndarray, what: str) -> None:
 
 
 class RecordingClient(gradserve.Client):
-    """Records each HTTP exchange: (url, path, status or 'connection', X-Upstream, X-Upstream-Status)."""
+    """Records each HTTP exchange: (url, path, status or 'connection', X-Upstream, X-Upstream-Status); and per
+    thread, which replica answered the exchanges since ``begin()`` (``answered_by``)."""
 
     def __init__(self, *a, **kw):
         super().__init__(*a, **kw)
         self.log: list[tuple] = []
         self._log_lock = threading.Lock()
+        self._answered = threading.local()
+
+    def begin(self) -> None:
+        self._answered.by = []
+
+    def answered_by(self) -> str:
+        """The replica (its address behind nginx, its URL otherwise) of this thread's last answer since ``begin``;
+        a split call's spans are answered on the client's worker threads: 'split over replicas'."""
+        by = getattr(self._answered, "by", [])
+        return by[-1] if by else "split over replicas"
 
     def _exchange(self, method, path, json_body, data, content_type, url, timeout):
         base = (url or self.urls[0]).rstrip("/")
@@ -131,6 +144,8 @@ class RecordingClient(gradserve.Client):
             entry = (base, method, path, r.status_code, r.headers.get("X-Upstream", ""), r.headers.get("X-Upstream-Status", ""))
             with self._log_lock:
                 self.log.append(entry)
+            if hasattr(self._answered, "by"):
+                self._answered.by.append(entry[4].split(", ")[-1] or base)
             return r
         except E.GradserveError as e:
             status = e.status if e.status is not None else "connection"
@@ -139,9 +154,18 @@ class RecordingClient(gradserve.Client):
             raise
 
 
-# ------------------------------------------------------------------------------------------------
-# replicas and the load
-# ------------------------------------------------------------------------------------------------
+def ask_again(c: gradserve.Client):
+    """For ``Load.verify``: the same request sent again to the replica that answered it (``http://`` + its
+    address behind nginx), or through ``c`` when that is not known."""
+
+    def again(op: str, name: str, a: dict, by: str, ids: dict) -> np.ndarray:
+        if by.startswith("split"):
+            return call(c, ids[name], op, a)
+        url = by if by.startswith("http") else f"http://{by}"
+        with gradserve.Client(url, retries=0) as one:
+            return call(one, ids[name], op, a)
+
+    return again
 
 
 @pytest.fixture(scope="module")
@@ -178,14 +202,18 @@ def kill(replica: ServerProcess) -> None:
 
 
 class Load:
-    """THREADS threads sending random operations until `stop`; every answer checked, every failure kept."""
+    """THREADS threads sending random operations until `stop`. Every answer is kept with its request and which
+    replica answered; `verify` checks them all against PyTorch afterwards, on the test's own thread (PyTorch's
+    references are not computed beside the load's threads). A request that failed is kept as lost."""
 
-    def __init__(self, send, refs: dict[str, Reference], ids: dict[str, str], seed: int):
+    def __init__(self, send, refs: dict[str, Reference], ids: dict[str, str], seed: int, client: RecordingClient):
         self.send, self.refs, self.ids = send, refs, ids
+        self.begin, self.answered_by = client.begin, client.answered_by
         self.stop = threading.Event()
         self.answers = 0
         self.by_op: collections.Counter = collections.Counter()
         self.failures: list[str] = []
+        self.kept: list[tuple] = []  # (op, model name, request arrays, answer, replica that answered)
         self.lock = threading.Lock()
         self.threads = [threading.Thread(target=self._run, args=(seed + i,), daemon=True) for i in range(THREADS)]
 
@@ -195,18 +223,43 @@ class Load:
         while not self.stop.is_set():
             op = OPS[rng.integers(len(OPS))]
             name = names[rng.integers(len(names))]
-            ref = self.refs[name]
-            a = ref.inputs(op, rng)
+            a = self.refs[name].inputs(op, rng)
             try:
-                got = self.send(self.ids[name], op, a)
-                check(got, ref.expected(op, a), f"{op} on {name}")
+                self.begin()
+                got = np.array(self.send(self.ids[name], op, a), dtype=np.float64)
+                by = self.answered_by()
             except Exception as e:  # noqa: BLE001 - every failure is a lost request: kept and reported
                 with self.lock:
                     self.failures.append(f"{op} on {name}: {type(e).__name__}: {str(e)[:300]}")
                 continue
             with self.lock:
+                self.kept.append((op, name, a, got, by))
                 self.answers += 1
                 self.by_op[op] += 1
+
+    def verify(self, ask_again=None) -> None:
+        """Every kept answer against PyTorch (float64). A wrong one fails the test with what tells where the
+        error came from: the reference computed again, and the same request asked again (``ask_again(op, name,
+        a, replica, ids)``) of the replica that answered it."""
+        for op, name, a, got, by in self.kept:
+            ref = self.refs[name]
+            want = ref.expected(op, a)
+            err = relative_error(got, want)
+            if err < TOL:
+                continue
+            again_ref = relative_error(ref.expected(op, a), want)
+            lines = [
+                f"{op} on {name}, answered by {by}: norm-relative error {err:.2e} against PyTorch",
+                f"  got  {got.ravel()[:8]}", f"  want {want.ravel()[:8]}",
+                f"  the reference computed again differs from the first by {again_ref:.2e}",
+            ]
+            if ask_again is not None:
+                try:
+                    again = np.asarray(ask_again(op, name, a, by, self.ids), dtype=np.float64)
+                    lines.append(f"  asked again: {again.ravel()[:8]} (error {relative_error(again, want):.2e})")
+                except Exception as e:  # noqa: BLE001 - a diagnostic only
+                    lines.append(f"  asking again failed: {type(e).__name__}: {str(e)[:200]}")
+            raise AssertionError("\n".join(lines))
 
     def __enter__(self) -> "Load":
         for t in self.threads:
@@ -253,7 +306,7 @@ def test_behind_nginx_one_replica_killed_and_restarted(models_dir):
                     return 0
                 return sum(1 for e in c.log[restarted_at[0]:] if e[4].split(", ")[-1] == vaddr and e[3] == 200)
 
-            with Load(lambda mid, op, a: call(c, mid, op, a), refs, ids, seed=100) as load:
+            with Load(lambda mid, op, a: call(c, mid, op, a), refs, ids, seed=100, client=c) as load:
                 load.wait_for(QUOTA_BEFORE_KILL, deadline, "answers before the kill")
                 mid_request = kill_mid_request(victim)
                 killed_at = len(c.log)
@@ -263,6 +316,7 @@ def test_behind_nginx_one_replica_killed_and_restarted(models_dir):
                 load.wait_for(0, deadline, "the restarted replica to answer again",
                               lambda: served_by_victim_since_restart() >= QUOTA_AFTER)
             assert not load.failures, f"requests lost: {load.failures[:5]}"
+            load.verify(ask_again(c))
             lb.stop()
 
         # which replica answered (nginx's last upstream), and with which status each replica was tried
@@ -327,7 +381,7 @@ def test_client_multi_url_one_replica_killed_and_restarted_empty(models_dir):
         def send(mid, op, a):
             return call(c, mid, op, a, batch_size=1 if op == "jacobian" else 4)
 
-        with Load(send, refs, ids, seed=200) as load:
+        with Load(send, refs, ids, seed=200, client=c) as load:
             load.wait_for(QUOTA_BEFORE_KILL, deadline, "answers before the kill")
             kill(victim)
             load.wait_for(load.answers + QUOTA_WHILE_DOWN, deadline, "answers while a replica is down")
@@ -337,6 +391,7 @@ def test_client_multi_url_one_replica_killed_and_restarted_empty(models_dir):
             load.wait_for(0, deadline, "the restarted replica to answer again, the client's model registered there again",
                           lambda: victim_answers_since_restart() >= QUOTA_AFTER and reregistrations() >= 1)
         assert not load.failures, f"requests lost: {load.failures[:5]}"
+        load.verify(ask_again(c))
 
         by = collections.Counter((e[0], e[3]) for e in c.log if e[2] != "/v1/models")
         reregistered = [e for e in c.log[restarted_at[0]:] if e[0] == victim.url and e[1] == "POST" and e[2] == "/v1/models"]
