@@ -33,7 +33,7 @@ struct GradserveCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gradserve",
         abstract: "Derivatives of neural networks as a service: VJPs, JVPs, Jacobians and divergences on OpenBLAS.",
-        subcommands: [ServeCommand.self, BenchCommand.self, VersionCommand.self])
+        subcommands: [ServeCommand.self, BenchCommand.self, FloorCommand.self, VersionCommand.self])
 }
 
 struct ServeCommand: AsyncParsableCommand {
@@ -201,6 +201,25 @@ enum ByteSize {
         }
         guard let v = Int(t), v >= 0 else { throw ValidationError("expected a byte size such as 1073741824, 512M or 1GiB, got \(text)") }
         return v
+    }
+}
+
+/// `gradserve floor`: the transport floor (``TransportFloor``) for `bench/transport.py`.
+struct FloorCommand: AsyncParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "floor",
+        abstract: "Serve the transport floor: the same HTTP stack, no computation (answers stored with PUT /floor/{key}); for bench/transport.py.")
+
+    @Option(help: "Interface to bind.") var host = "127.0.0.1"
+    @Option(help: "Port to listen on (0: any free port).") var port = 8081
+
+    func validate() throws {
+        guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535, got \(port)") }
+    }
+
+    func run() async throws {
+        let app = TransportFloor.application(host: host, port: port)
+        try await app.runService()
     }
 }
 

@@ -35,7 +35,7 @@ struct OperationRouteTests {
                 let out = try #require(r.json["outputs"]?.numbers)
                 for (a, e) in zip(out, y) { #expect(abs(a - e) < 1e-12) }
                 #expect(r.headers[HTTPField.Name("Server-Timing")!]?.contains("compute;dur=") == true)
-                for k in ["queue_ms", "decode_ms", "compute_ms", "encode_ms"] { #expect(r.json["timing"]?[k]?.numbers != nil) }
+                for k in ["read_ms", "queue_ms", "decode_ms", "compute_ms", "encode_ms"] { #expect(r.json["timing"]?[k]?.numbers != nil) }
             }
             // VJP with v = e_0 per sample: grads.x[s] = dy[s,0] * W[0, :2], grads.t[s] = dy[s,0] * W[0, 2].
             try await client.execute(

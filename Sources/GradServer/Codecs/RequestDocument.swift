@@ -9,6 +9,15 @@ struct RequestDocument: Sendable {
     var object: JSONObject
     /// Tensors that came as binary (safetensors), by dotted path.
     var binary: [String: AnyTensor] = [:]
+    /// Seconds spent decoding JSON tensors so far (they are decoded when first asked for, after the
+    /// plan; the `decode` phase reports them, not `compute`).
+    let tensorDecoding = DecodeClock()
+
+    /// A running total read and written on the request's compute thread only.
+    final class DecodeClock: @unchecked Sendable {
+        private(set) var seconds = 0.0
+        func add(since start: ContinuousClock.Instant) { seconds += Stopwatch.seconds(ContinuousClock.now - start) }
+    }
 
     /// Parses `body` according to its content type: JSON (default) or `application/octet-stream`.
     static func parse(_ body: ByteBuffer, contentType: String?) throws -> RequestDocument {
@@ -59,6 +68,8 @@ struct RequestDocument: Sendable {
     func tensor(_ path: String) throws(GradError) -> AnyTensor? {
         if let t = binary[path] { return t }
         guard let v = value(path) else { return nil }
+        let start = ContinuousClock.now
+        defer { tensorDecoding.add(since: start) }
         return try TensorDecoder.decode(v, at: path)
     }
 

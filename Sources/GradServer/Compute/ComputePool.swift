@@ -22,6 +22,8 @@ public final class ComputePool: Sendable {
     private let pending = Mutex(0)
     private let finished = Atomic<Int>(0)
     private let inFlightGauge: Gauge?
+    /// The deadlines of the running and queued jobs (one thread for all).
+    private let deadlines = DeadlineTimer()
 
     /// Starts `workers` threads; each job splits its rows into `threadsPerJob` chunks.
     public init(workers: Int, maxQueued: Int, threadsPerJob: Int = 1, metrics: PrometheusCollectorRegistry? = nil) {
@@ -48,7 +50,10 @@ public final class ComputePool: Sendable {
     public var hasRoom: Bool { pendingCount < capacity }
 
     /// Stops the threads after the jobs already submitted.
-    public func shutdown() async throws { try await threads.shutdownGracefully() }
+    public func shutdown() async throws {
+        try await threads.shutdownGracefully()
+        deadlines.stop()
+    }
 
     /// A place among the running and queued jobs, held until the job ends (``release()``, once).
     public final class Ticket: Sendable {
@@ -113,14 +118,11 @@ public final class ComputePool: Sendable {
                     once.resume(throwing: error)
                 }
             }
-            let timer = Task {
-                try? await Task.sleep(until: deadline, clock: .continuous)
-                if !Task.isCancelled {
-                    token.cancel(.deadline)
-                    once.resume(throwing: GradError.deadlineExceeded)
-                }
+            let timer = deadlines.add(deadline) {
+                token.cancel(.deadline)
+                once.resume(throwing: GradError.deadlineExceeded)
             }
-            once.onResume { timer.cancel() }
+            once.onResume { [deadlines] in deadlines.cancel(timer) }
         }
     }
 }

@@ -18,8 +18,8 @@ struct ComputeController: Sendable {
 
     func handle(_ op: Operation, _ request: Request, _ context: GradRequestContext) async throws -> Response {
         let runner = self.runner
-        let (bytes, type, serverTiming) = try await pipeline.run(request, context) { job in
-            let clock = ContinuousClock()
+        let clock = ContinuousClock()
+        let (bytes, type, phases, encodeStart, done) = try await pipeline.run(request, context) { job in
             let t0 = clock.now
             let doc = try job.document()
             let t1 = clock.now
@@ -27,19 +27,27 @@ struct ComputeController: Sendable {
             let t2 = clock.now
             var timing: [(String, Double)] = []
             let (bytes, type) = answer.encode(encoding) {
+                // JSON tensors are decoded inside the run, after the plan: their time is decode's.
+                let tensors = doc.tensorDecoding.seconds
                 timing = [
-                    ("queue", job.queueSeconds), ("decode", Stopwatch.seconds(t1 - t0)), ("compute", Stopwatch.seconds(t2 - t1)),
-                    ("encode", Stopwatch.seconds(clock.now - t2)),
+                    ("read", job.readSeconds), ("queue", job.queueSeconds), ("decode", Stopwatch.seconds(t1 - t0) + tensors),
+                    ("compute", Stopwatch.seconds(t2 - t1) - tensors), ("encode", Stopwatch.seconds(clock.now - t2)),
                 ]
                 var trailer = Answer()
                 for (name, s) in timing { trailer.add("timing", "\(name)_ms", number: (s * 1e6).rounded() / 1000) }
                 return trailer
             }
-            return (bytes, type, timing.map { "\($0.0);dur=\(String(format: "%.3f", $0.1 * 1000))" }.joined(separator: ", "))
+            return (bytes, type, timing, t2, clock.now)
         }
+        // Known only now, so in the header and not in the body: `encode` up to the last byte of the
+        // answer's buffer (a safetensors body's `timing` sits in its header, before the tensor
+        // bytes are copied in), and `return`, from there until this handler resumed (the hand-off
+        // from the compute thread back).
+        let encode = Stopwatch.seconds(done - encodeStart)
+        let phasesWithReturn = phases.map { $0.0 == "encode" ? ("encode", encode) : $0 } + [("return", Stopwatch.seconds(clock.now - done))]
         var headers = HTTPFields()
         headers[.contentType] = type
-        headers[.serverTiming] = serverTiming
+        headers[.serverTiming] = phasesWithReturn.map { "\($0.0);dur=\(String(format: "%.3f", $0.1 * 1000))" }.joined(separator: ", ")
         return Response(status: .ok, headers: headers, body: .init(byteBuffer: bytes))
     }
 }

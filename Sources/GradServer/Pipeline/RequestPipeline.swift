@@ -60,6 +60,7 @@ struct RequestPipeline: Sendable {
         let job = Job(
             body: body, contentType: contentType, configuration: configuration, reservation: reservation, budget: memory,
             bodyReservation: Count(body.readableBytes) * factor + Self.baseline)
+        job.readSeconds = Stopwatch.seconds(ContinuousClock.now - arrival)
         let value = try await pool.run(ticket, deadline: deadline, token: token) { queue in
             job.queueSeconds = queue
             return try compute(job)
@@ -93,6 +94,8 @@ final class Job: @unchecked Sendable {
     private let bodyReservation: Count
     /// Seconds the job waited for a compute thread (set before it runs; read on the same thread).
     var queueSeconds = 0.0
+    /// Seconds from the request's arrival at the pipeline until its whole body was read.
+    var readSeconds = 0.0
 
     init(
         body: ByteBuffer, contentType: String?, configuration: ServerConfiguration, reservation: MemoryBudget.Reservation, budget: MemoryBudget,

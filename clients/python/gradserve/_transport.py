@@ -7,6 +7,7 @@ moves across replicas; and a compute request encoded (``_encode_request``) and i
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import threading
@@ -155,21 +156,20 @@ class _Transport:
             headers["Content-Type"] = content_type
         try:
             r = self._session().request(method, full, data=data, headers=headers, timeout=timeout or self.timeout, stream=True)
-            # One read of the whole body: requests' own 10 KiB chunks cost ~2x on a 7 MB Jacobian.
             try:
-                r._content = r.raw.read(decode_content=True)
+                r._content = _read_body(r.raw)
                 r._content_consumed = True
             finally:
                 r.close()
         except requests.ConnectionError as e:  # refused, reset, closed early, or no connection in time
             raise E.ConnectionFailed(None, "Connection failed", f"cannot reach {base}: {e}", method=method, url=full) from e
-        except (requests.Timeout, urllib3.exceptions.ReadTimeoutError) as e:
+        except (requests.Timeout, urllib3.exceptions.ReadTimeoutError, TimeoutError) as e:
             # the answer did not come in time (the urllib3 error: while reading the body, r.raw.read); the
             # server may still be computing it
             raise E.ConnectionFailed(
                 None, "Timed out", f"no answer within {timeout or self.timeout} s: {e}", method=method, url=full, timed_out=True
             ) from e
-        except (urllib3.exceptions.HTTPError, requests.exceptions.ChunkedEncodingError) as e:  # body cut off
+        except (urllib3.exceptions.HTTPError, requests.exceptions.ChunkedEncodingError, http.client.HTTPException, OSError) as e:  # body cut off
             raise E.ConnectionFailed(None, "Connection failed", f"answer cut off by {base}: {e}", method=method, url=full) from e
         if r.status_code < 400:
             return r
@@ -251,8 +251,33 @@ class _Transport:
         body, ctype = _encode_request(doc, m, mid, tensors, binary_in, lists=transport == "json")
         r = self.request("POST", f"/v1/{op}", data=body, content_type=ctype, url=url, retries=retries)
         if r.headers.get("Content-Type", "").startswith("application/octet-stream"):
-            return decode_safetensors_answer(bytearray(r.content))
+            content = r.content
+            # _read_body gives a bytearray: the arrays are views of it, writable, no copy
+            return decode_safetensors_answer(content if isinstance(content, bytearray) else bytearray(content))
         return decode_json_answer(r.json(), m.sig.dtype if m.sig is not None else None)
+
+
+def _read_body(raw: urllib3.HTTPResponse) -> bytes | bytearray:
+    """The whole answer body in one read. With a ``Content-Length`` (and no content coding), straight into
+    one ``bytearray`` of that size through the standard library's ``readinto`` (no intermediate copy, so a
+    safetensors answer's arrays are views of it); the connection then goes back to the pool. Otherwise
+    (chunked, compressed) urllib3's own single read. Either way far faster than ``requests``' 10 KiB chunks
+    (~2x on a 7 MB Jacobian)."""
+    fp = getattr(raw, "_fp", None)
+    n = raw.length_remaining
+    if not n or raw.headers.get("Content-Encoding") or not isinstance(fp, http.client.HTTPResponse) or fp.chunked:
+        return raw.read(decode_content=True)
+    buf = bytearray(n)
+    view = memoryview(buf)
+    got = 0
+    while got < n:
+        k = fp.readinto(view[got:])  # raises IncompleteRead when the connection ends early
+        if not k:
+            raise http.client.IncompleteRead(bytes(), n - got)
+        got += k
+    if fp.isclosed():  # the standard library closes its response at the end of the body
+        raw.release_conn()
+    return buf
 
 
 def _encode_request(

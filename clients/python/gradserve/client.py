@@ -54,9 +54,10 @@ class Client(_Flows, _Registry):
     ``api_key``: bearer token (default ``$GRADSERVE_API_KEY``). ``timeout``: seconds per request.
     ``batch_size``: default number of rows per request (``None``: one request, split only when the
     answer would exceed the server's output limit or the body its size limit). ``parallel``: requests in
-    flight at once for a split batch (default: one per URL). ``transport``: ``"auto"`` (default: base64
-    tensors in JSON, switching to binary safetensors bodies for large requests and answers, e.g.
-    Jacobians), ``"base64"``, ``"safetensors"`` or ``"json"`` (nested lists, slow, readable).
+    flight at once for a split batch (default: one per URL). ``transport``: ``"auto"`` (default: binary
+    safetensors bodies both ways, as the server offers them for every operation; tensors of at most
+    ``binary_threshold`` bytes (1 KiB) go as base64 in JSON, readable), ``"safetensors"``, ``"base64"`` or
+    ``"json"`` (nested lists, slow, readable: for debugging).
     ``retries``: how often a request is tried again after a connection error (refused, reset, closed
     before the answer) or a 502 or 503 answer, waiting the answer's ``Retry-After`` or an exponential
     backoff with jitter (``backoff_delay``); 4xx answers and read timeouts are never retried. With several
@@ -79,7 +80,7 @@ class Client(_Flows, _Registry):
         parallel: int | None = None,
         transport: str = "auto",
         retries: int = 3,
-        binary_threshold: int = 64 * 1024,
+        binary_threshold: int = 1024,
     ):
         if url is None:
             url = os.environ.get("GRADSERVE_URL") or DEFAULT_URL

@@ -61,7 +61,7 @@ def test_every_operation_split(client, batch_size):
 
     r = client.divergence(mid, x, t, batch_size=batch_size)
     assert_close(r.divergence, torch.diagonal(jx, dim1=1, dim2=2).sum(-1), torch.float64, "divergence")
-    assert set(r.timing) == {"queue_ms", "decode_ms", "compute_ms", "encode_ms"}
+    assert set(r.timing) == {"read_ms", "queue_ms", "decode_ms", "compute_ms", "encode_ms"}
 
 
 def test_k_batched_split_on_the_batch_axis(client):

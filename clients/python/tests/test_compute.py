@@ -31,7 +31,7 @@ def test_forward(client, dtype, transport):
     r = client.forward(export(m), x, t, transport=transport)
     assert isinstance(r.outputs, torch.Tensor) and r.outputs.dtype == dtype
     assert_close(r.outputs, ref_forward(m, x, t), dtype, "outputs")
-    assert set(r.timing) == {"queue_ms", "decode_ms", "compute_ms", "encode_ms"}
+    assert set(r.timing) == {"read_ms", "queue_ms", "decode_ms", "compute_ms", "encode_ms"}
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -244,3 +244,11 @@ class ServerProcess:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+class FloorProcess(ServerProcess):
+    """`gradserve floor`: the transport floor (the service's HTTP stack answering stored bytes, no computation;
+    bench/transport.py). The same start, port discovery and stop as a server."""
+
+    def command(self, port: int | None = None) -> list[str]:
+        return [str(server_binary(self.binary)), "floor", "--host", "127.0.0.1", "--port", str(port or 0), *self.extra_args]
