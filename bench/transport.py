@@ -23,6 +23,9 @@ gradserve − floor − in-process compute (what the service adds beyond the wir
 Then through the Python client (`gradserve.Client`, default transport): Jacobian B = 3 and B = 16 against
 PyTorch's in-process `vmap(jacrev)` (float32, the same weights), as a ratio; skipped without PyTorch.
 
+Last, the server's peak memory for one Jacobian B = 16 (39 MB), each on a fresh server: safetensors (streamed as it is
+computed) and base64 (built whole): the peak resident size above the warm baseline, against the answer's size.
+
 Client and server share this machine's cores; numbers drift with its load, so compare within one run.
 """
 
@@ -39,6 +42,7 @@ import numpy as np
 import requests
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e", "support"))
+from gradserve_testing.rss import peak_rss_bytes, vm_rss  # noqa: E402
 from gradserve_testing.server import FloorProcess, ServerProcess  # noqa: E402
 from gradserve_testing.toymlp import D, ToyReference, toy_model_json, toy_weights  # noqa: E402
 
@@ -213,6 +217,35 @@ def client_vs_torch(gs: ServerProcess, iterations: int, log) -> list[dict]:
     return rows
 
 
+def peak_memory(serve_args: list[str], binary: str | None, log) -> list[dict]:
+    """Peak resident memory above the warm baseline for one Jacobian B = 16 (a 39 MB answer), each on a
+    fresh server: safetensors (streamed) and base64 (built whole)."""
+    rows = []
+    rng = np.random.default_rng(16)
+    a = inputs("jacobian", 16, rng)
+    for enc in ("safetensors", "base64"):
+        gs = ServerProcess(extra_args=serve_args, binary=binary).start()
+        try:
+            mid = requests.post(gs.url + "/v1/models", json={"model": toy_model_json(seed=0)}).json()["id"]
+            small = {k: v[:1] for k, v in a.items()}
+            requests.post(f"{gs.url}/v1/jacobian", data=body_for("jacobian", mid, small, enc)[0],
+                          headers={"Content-Type": body_for("jacobian", mid, small, enc)[1]}).raise_for_status()
+            base = vm_rss(gs.pid)
+            b, ctype = body_for("jacobian", mid, a, enc)
+            r = requests.post(f"{gs.url}/v1/jacobian", data=b, headers={"Content-Type": ctype})
+            r.raise_for_status()
+            peak = peak_rss_bytes(gs.pid)
+        finally:
+            gs.stop()
+        answer = 16 * D * D * 4
+        row = {"workload": "jacobian B=16", "encoding": enc, "answer_bytes": answer, "baseline_bytes": base, "peak_bytes": peak,
+               "above_baseline_over_answer": (peak - base) / answer}
+        rows.append(row)
+        log(f"peak memory, jacobian B=16 {enc:<11}: {(peak - base) / 2**20:6.1f} MiB above the baseline for a {answer / 2**20:.1f} MiB answer "
+            f"({row['above_baseline_over_answer']:.2f}x)")
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--iterations", type=int, default=100)
@@ -236,6 +269,7 @@ def main() -> None:
     finally:
         gs.stop()
         floor.stop()
+    memory = peak_memory(serve_args, args.gradserve, log)
     goals = []
     for c in cells:
         if c["encoding"] == "safetensors" and c["workload"] in ("forward B=256", "vjp B=256"):
@@ -244,11 +278,15 @@ def main() -> None:
     for row in client:
         if row["workload"] == "jacobian B=3":
             goals.append({"goal": "client jacobian B=3 <= 2x PyTorch vmap(jacrev)", "value": row["ratio"], "bound": 2.0, "met": row["ratio"] <= 2.0})
+    for m in memory:
+        if m["encoding"] == "safetensors":
+            goals.append({"goal": "peak memory for a B=16 Jacobian <= 1.2x the answer above the baseline", "value": m["above_baseline_over_answer"],
+                          "bound": 1.2, "met": m["above_baseline_over_answer"] <= 1.2})
     for g in goals:
         log(f"goal: {g['goal']}: {'met' if g['met'] else 'NOT met'} ({g.get('value_ms', g.get('value')):.2f} vs {g.get('bound_ms', g.get('bound')):.2f})")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"command": " ".join(sys.argv), "cells": cells, "client": client, "goals": goals}, f, indent=1)
+            json.dump({"command": " ".join(sys.argv), "cells": cells, "client": client, "memory": memory, "goals": goals}, f, indent=1)
             f.write("\n")
 
 

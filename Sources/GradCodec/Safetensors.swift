@@ -105,9 +105,15 @@ public enum Safetensors {
     /// The file up to its data section: the 8-byte length and the JSON header (padded to 8 bytes).
     /// The data section is the tensors' bytes in the same order (``payload(_:)``).
     public static func header(_ tensors: [(name: String, tensor: AnyTensor)], metadata: [(String, String)]) -> [UInt8] {
+        header(entries: tensors.map { (name: $0.name, dtype: $0.tensor.dtype, shape: $0.tensor.shape) }, metadata: metadata)
+    }
+
+    /// ``header(_:metadata:)`` from the tensors' names, dtypes and shapes alone: a streamed answer
+    /// writes its header before its tensors are computed.
+    public static func header(entries tensors: [(name: String, dtype: DType, shape: [Int])], metadata: [(String, String)]) -> [UInt8] {
         var offsets: [(Int, Int)] = []
         var total = 0
-        for (_, t) in tensors {
+        for t in tensors {
             let n = Shape.elementCount(t.shape)! * t.dtype.byteCount
             offsets.append((total, total + n))
             total += n
@@ -123,8 +129,8 @@ public enum Safetensors {
             }
             h.endObject()
         }
-        for ((name, t), (b, e)) in zip(tensors, offsets) {
-            h.key(name)
+        for (t, (b, e)) in zip(tensors, offsets) {
+            h.key(t.name)
             h.beginObject()
             h.key("dtype")
             h.string(t.dtype == .float32 ? "F32" : "F64")

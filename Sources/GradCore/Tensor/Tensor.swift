@@ -61,6 +61,14 @@ public enum AnyTensor: Sendable, Equatable {
     /// Bytes of the elements.
     public var byteCount: Int { (Shape.elementCount(shape) ?? 0) * dtype.byteCount }
 
+    /// Rows `r` of the leading axis.
+    public func rows(_ r: Range<Int>) -> AnyTensor {
+        switch self {
+        case .float32(let t): .float32(t.rows(r))
+        case .float64(let t): .float64(t.rows(r))
+        }
+    }
+
     /// Wraps a typed tensor.
     public init<S: BLASScalar>(_ t: Tensor<S>) {
         if let f = t as? Tensor<Float> {

@@ -52,44 +52,8 @@ struct Answer: Sendable {
             w.endObject()
             return (ByteBuffer(bytes: w.takeBytes()), "application/json")
         case .safetensors:
-            var tensors: [(String, AnyTensor)] = []
-            var meta: [String: [(path: [String], value: Value)]] = [:]
-            var metaOrder: [String] = []
-            for (path, value) in fields {
-                if case .tensor(let t) = value {
-                    tensors.append((path.joined(separator: "."), t))
-                } else if case .emptyObject = value {
-                    continue  // no tensor to carry
-                } else {
-                    if meta[path[0]] == nil { metaOrder.append(path[0]) }
-                    meta[path[0], default: []].append((path, value))
-                }
-            }
-            let data = tensors.map { (name: $0.0, tensor: $0.1) }
-            for (path, value) in trailer().fields {
-                if meta[path[0]] == nil { metaOrder.append(path[0]) }
-                meta[path[0], default: []].append((path, value))
-            }
-            var metadata: [(String, String)] = []
-            for key in metaOrder {
-                let entries = meta[key] ?? []
-                if entries.count == 1, entries[0].path.count == 1 {
-                    // A top-level scalar: the metadata value is its text (a string as is, a number
-                    // in JSON's form); safetensors metadata values are strings.
-                    switch entries[0].value {
-                    case .string(let s): metadata.append((key, s))
-                    case .number(let n):
-                        var w = JSONWriter()
-                        w.number(n)
-                        metadata.append((key, String(decoding: w.bytes, as: UTF8.self)))
-                    case .emptyObject, .tensor: metadata.append((key, "{}"))
-                    }
-                } else {
-                    var w = JSONWriter()
-                    Self.writeObject(entries.map { (Array($0.path.dropFirst()), $0.value) }[...], depth: 0, into: &w, base64: true)
-                    metadata.append((key, String(decoding: w.bytes, as: UTF8.self)))
-                }
-            }
+            let data = tensorFields
+            let metadata = Self.metadata(fields + trailer().fields)
             // One copy of the tensor bytes, straight into the body.
             let header = Safetensors.header(data, metadata: metadata)
             var body = ByteBufferAllocator().buffer(capacity: header.count + data.reduce(0) { $0 + $1.tensor.byteCount })
@@ -101,6 +65,42 @@ struct Answer: Sendable {
                 }
             }
             return (body, "application/octet-stream")
+        }
+    }
+
+    /// The tensors by dotted name (`grads.params.net.0.weight`), in order: a safetensors body's.
+    var tensorFields: [(name: String, tensor: AnyTensor)] {
+        fields.compactMap { f in if case .tensor(let t) = f.value { (f.path.joined(separator: "."), t) } else { nil } }
+    }
+
+    /// A safetensors body's metadata from the other fields: a top-level string or number as its
+    /// text (safetensors metadata values are strings), anything nested as JSON; `{}`s carry no tensor.
+    static func metadata(_ fields: [(path: [String], value: Value)]) -> [(String, String)] {
+        var meta: [String: [(path: [String], value: Value)]] = [:]
+        var order: [String] = []
+        for (path, value) in fields {
+            switch value {
+            case .tensor, .emptyObject: continue
+            case .string, .number:
+                if meta[path[0]] == nil { order.append(path[0]) }
+                meta[path[0], default: []].append((path, value))
+            }
+        }
+        return order.map { key in
+            let entries = meta[key] ?? []
+            if entries.count == 1, entries[0].path.count == 1 {
+                switch entries[0].value {
+                case .string(let s): return (key, s)
+                case .number(let n):
+                    var w = JSONWriter()
+                    w.number(n)
+                    return (key, String(decoding: w.bytes, as: UTF8.self))
+                case .emptyObject, .tensor: return (key, "{}")
+                }
+            }
+            var w = JSONWriter()
+            writeObject(entries.map { (Array($0.path.dropFirst()), $0.value) }[...], depth: 0, into: &w, base64: true)
+            return (key, String(decoding: w.bytes, as: UTF8.self))
         }
     }
 

@@ -56,11 +56,34 @@ public final class ComputePool: Sendable {
     }
 
     /// A place among the running and queued jobs, held until the job ends (``release()``, once).
+    /// A streamed answer runs several jobs on one place (``ComputeSession``): the place is given
+    /// back when the stream ends (``abandon()``), or, if a job of it is still running then (a
+    /// deadline, a client gone), when that job really ends.
     public final class Ticket: Sendable {
         private let pool: ComputePool
         private let released = Atomic(false)
+        private let jobs = Mutex((running: 0, abandoned: false))
 
         fileprivate init(pool: ComputePool) { self.pool = pool }
+
+        fileprivate func jobSubmitted() { jobs.withLock { $0.running += 1 } }
+
+        fileprivate func jobEnded(releasing: Bool) {
+            let last = jobs.withLock { s -> Bool in
+                s.running -= 1
+                return s.abandoned && s.running == 0
+            }
+            if releasing || last { release() }
+        }
+
+        /// The holder is done with the place: given back now, or when its running job ends.
+        public func abandon() {
+            let idle = jobs.withLock { s -> Bool in
+                s.abandoned = true
+                return s.running == 0
+            }
+            if idle { release() }
+        }
 
         /// Gives the place back (idempotent).
         public func release() {
@@ -94,17 +117,21 @@ public final class ComputePool: Sendable {
     /// seconds it waited for the thread. The ticket is released when the job ends, whatever the
     /// caller was answered. (Its memory reservation lives as long as the job or the answer needs it:
     /// see ``RequestPipeline``.)
+    ///
+    /// `releasingTicket: false` keeps the place for more jobs (a ``ComputeSession``); the holder
+    /// gives it back with ``Ticket/abandon()``.
     public func run<T: Sendable>(
-        _ ticket: Ticket, deadline: ContinuousClock.Instant, token: Cancellation,
+        _ ticket: Ticket, deadline: ContinuousClock.Instant, token: Cancellation, releasingTicket: Bool = true,
         _ body: @escaping @Sendable (_ queueSeconds: Double) throws -> T
     ) async throws -> T {
         let submitted = ContinuousClock.now
         let once = OnceContinuation<T>()
+        ticket.jobSubmitted()
         return try await withCheckedThrowingContinuation { continuation in
             once.set(continuation)
             let chunks = threadsPerJob
             threads.submit { state in
-                defer { ticket.release() }
+                defer { ticket.jobEnded(releasing: releasingTicket) }
                 guard state == .active else {
                     return once.resume(throwing: Problem(.serviceUnavailable, title: "Shutting down", detail: "the server is stopping"))
                 }
@@ -125,6 +152,34 @@ public final class ComputePool: Sendable {
             once.onResume { [deadlines] in deadlines.cancel(timer) }
         }
     }
+}
+
+/// Several jobs of one request on one place in the pool, under the request's deadline and
+/// cancellation token: the blocks of a streamed answer, computed one after the other while the
+/// earlier ones are written. ``end()`` gives the place back (once its running job has ended).
+final class ComputeSession: Sendable {
+    let pool: ComputePool
+    let ticket: ComputePool.Ticket
+    let token: Cancellation
+    let deadline: ContinuousClock.Instant
+
+    init(pool: ComputePool, ticket: ComputePool.Ticket, token: Cancellation, deadline: ContinuousClock.Instant) {
+        self.pool = pool
+        self.ticket = ticket
+        self.token = token
+        self.deadline = deadline
+    }
+
+    /// Runs `body` on a compute thread, keeping the place.
+    func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+        try await pool.run(ticket, deadline: deadline, token: token, releasingTicket: false) { _ in try body() }
+    }
+
+    /// The stream is over (done or failed).
+    func end() { ticket.abandon() }
+
+    /// A session dropped without ``end()`` (its response never written) gives its place back too.
+    deinit { ticket.abandon() }
 }
 
 /// A continuation resumed by whichever of several parties comes first; later resumes are ignored.

@@ -35,7 +35,20 @@ struct OperationRunner: Sendable {
     let registry: ModelRegistry
     let maxLayers: Int
 
+    /// What a run gives: an answer to encode, or a Jacobian to stream (only with `streaming`).
+    enum Outcome {
+        case answer(Answer, OutputEncoding)
+        case stream(JacobianStream)
+    }
+
     func run(_ op: Operation, _ doc: RequestDocument, _ job: Job) throws -> (Answer, OutputEncoding) {
+        guard case .answer(let answer, let encoding) = try run(op, doc, job, streaming: false) else { preconditionFailure("not streaming") }
+        return (answer, encoding)
+    }
+
+    /// Runs `op`; with `streaming`, a large safetensors Jacobian comes back as a ``JacobianStream``
+    /// (planned in full and admitted for one block at a time, its inputs decoded, nothing computed).
+    func run(_ op: Operation, _ doc: RequestDocument, _ job: Job, streaming: Bool) throws -> Outcome {
         try doc.checkKnown(op.fields, nested: op.nestedFields)
         let encoding = OutputEncoding(rawValue: try doc.choice("output_encoding", OutputEncoding.allCases.map(\.rawValue), default: "json"))!
         let returnOutputs = try doc.bool("return_outputs", default: true)
@@ -94,6 +107,21 @@ struct OperationRunner: Sendable {
         case .jacobian:
             let wrt = Set(try doc.subset("wrt", model.hasT ? ["x", "t"] : ["x"], default: ["x"]).compactMap(GradTarget.init))
             let mode = JacobianMode(rawValue: try doc.choice("mode", JacobianMode.allCases.map(\.rawValue), default: "auto"))!
+            let dOut = model.outputWidth(d: d)
+            if streaming, JacobianStream.applies(encoding: encoding, wrt: wrt, batch: b, d: d, dOut: dOut, dtype: model.dtype) {
+                // The whole answer against the output and FLOP limits; memory for one block at a
+                // time (its working set, the block being written, the small tensors held to the end).
+                let whole = model.plan(.jacobian(wrt: wrt, mode: mode, returnOutputs: returnOutputs), batch: b, d: d)
+                let rows = JacobianStream.rowsPerBlock(d: d, dOut: dOut, dtype: model.dtype)
+                let block = model.plan(.jacobian(wrt: wrt, mode: mode, returnOutputs: true), batch: rows, d: d)
+                let blockAnswer = Count(rows) * dOut * d * model.dtype.byteCount
+                let small = Count(2 * b) * dOut * model.dtype.byteCount
+                var streamed = whole
+                streamed.peakBytes = block.peakBytes + blockAnswer * 2 + small
+                try job.admit(streamed, path: "jacobian", inputElements: inputElements, answerBytesPerNumber: 0)
+                let resolved = mode == .auto ? model.resolve(.auto, batch: b, d: d, wantX: true, wantT: wrt.contains(.t)) : mode
+                return .stream(JacobianStream(model: model, args: try arguments(), wrt: wrt, mode: resolved, returnOutputs: returnOutputs, d: d, dOut: dOut))
+            }
             try admit(.jacobian(wrt: wrt, mode: mode, returnOutputs: returnOutputs), path: "jacobian")
             let r = try model.jacobian(arguments(), wrt: wrt, mode: mode)
             if returnOutputs { answer.add("outputs", tensor: r.outputs) }
@@ -118,7 +146,7 @@ struct OperationRunner: Sendable {
         case .integrate, .logprob:
             try solve(op, doc, model, batch: b, d: d, inputElements: inputElements, answerBytes: answerBytes, job, into: &answer)
         }
-        return (answer, encoding)
+        return .answer(answer, encoding)
     }
 
     /// `/v1/integrate` and `/v1/logprob`: the solver settings, the plan, the solve, the answer.

@@ -36,6 +36,13 @@ struct RequestPipeline: Sendable {
     func run<T: Sendable>(
         _ request: Request, _ context: GradRequestContext, extraSeconds: Double = 0, _ compute: @escaping @Sendable (Job) throws -> T
     ) async throws -> T {
+        try await run(request, context, extraSeconds: extraSeconds, keepPlace: false) { job, _ in try compute(job) }
+    }
+
+    private func run<T: Sendable>(
+        _ request: Request, _ context: GradRequestContext, extraSeconds: Double, keepPlace: Bool,
+        _ compute: @escaping @Sendable (Job, ComputeSession) throws -> T
+    ) async throws -> T {
         let arrival = ContinuousClock.now
         let deadline = configuration.deadline(from: arrival, extra: extraSeconds)
         // 1. Admission, before reading.
@@ -61,13 +68,30 @@ struct RequestPipeline: Sendable {
             body: body, contentType: contentType, configuration: configuration, reservation: reservation, budget: memory,
             bodyReservation: Count(body.readableBytes) * factor + Self.baseline)
         job.readSeconds = Stopwatch.seconds(ContinuousClock.now - arrival)
-        let value = try await pool.run(ticket, deadline: deadline, token: token) { queue in
-            job.queueSeconds = queue
-            return try compute(job)
+        let session = ComputeSession(pool: pool, ticket: ticket, token: token, deadline: deadline)
+        let value: T
+        do {
+            value = try await pool.run(ticket, deadline: deadline, token: token, releasingTicket: !keepPlace) { queue in
+                job.queueSeconds = queue
+                return try compute(job, session)
+            }
+        } catch {
+            if keepPlace { session.end() }
+            throw error
         }
-        // The answer keeps the memory until the connection has written it (or closed).
+        // The answer keeps the memory until the connection has written it (or closed): for a
+        // streamed answer, until its last block has been written.
         context.channel?.triggerUserOutboundEvent(ConnectionGuard.ConnectionEvent.hold(reservation), promise: nil)
         return value
+    }
+
+    /// ``run(_:_:extraSeconds:_:)``, for answers that need more jobs after the first (a streamed
+    /// Jacobian): `compute` also gets the ``ComputeSession`` that keeps the request's place in the
+    /// pool. If `compute` succeeds, its caller must call ``ComputeSession/end()`` when done with it.
+    func run<T: Sendable>(
+        _ request: Request, _ context: GradRequestContext, keepingPlace: Bool, _ compute: @escaping @Sendable (Job, ComputeSession) throws -> T
+    ) async throws -> T {
+        try await run(request, context, extraSeconds: 0, keepPlace: keepingPlace, compute)
     }
 
     /// Reserves room for a body of `body` bytes (and what parsing it may allocate).
