@@ -69,8 +69,10 @@ extension Model {
             eps = Self.probes(noise, count: probes * b * d, seed: seed)
         }
         let n = b * d
+        // The cyclic trace's fixed product, once for the whole solve (not once per evaluation).
+        let product = k == 0 ? cyclicProduct(d: d, batch: Swift.max(1, b / Parallel.threads)) : nil
         var solver = ODESolver<S>(options: options, parts: [n, b]) { (t, y) throws(GradError) in
-            let (v, div) = try velocityAndDivergence(flowInputs(Array(y[0..<n]), b, d, t), eps: eps, probes: k)
+            let (v, div) = try velocityAndDivergence(flowInputs(Array(y[0..<n]), b, d, t), eps: eps, probes: k, product: product)
             return v + div
         }
         let states = try solver.solve(x.scalars + [S](repeating: 0, count: b), grid: timeGrid)
@@ -110,7 +112,7 @@ extension Model {
 
     /// `v(x, t)` and its divergence from one forward trace: exact, or Hutchinson's with the
     /// `[K, B, D]` probes `eps` (K = `probes`, none for exact). Row chunks run at once.
-    func velocityAndDivergence(_ inputs: Inputs<S>, eps: [S], probes k: Int) throws(GradError) -> ([S], [S]) {
+    func velocityAndDivergence(_ inputs: Inputs<S>, eps: [S], probes k: Int, product: [S]? = nil) throws(GradError) -> ([S], [S]) {
         let b = inputs.batch
         let d = inputs.width
         if let chunks = Parallel.chunks(b) {
@@ -119,16 +121,16 @@ extension Model {
                 var sub = [S]()
                 sub.reserveCapacity(k * r.count * d)
                 for kk in 0..<k { sub.append(contentsOf: eps[((kk * b + r.lowerBound) * d)..<((kk * b + r.upperBound) * d)]) }
-                return try velocityAndDivergenceSerial(inputs.rows(r), eps: sub, probes: k)
+                return try velocityAndDivergenceSerial(inputs.rows(r), eps: sub, probes: k, product: product)
             }
             return (parts.flatMap(\.0), parts.flatMap(\.1))
         }
-        return try velocityAndDivergenceSerial(inputs, eps: eps, probes: k)
+        return try velocityAndDivergenceSerial(inputs, eps: eps, probes: k, product: product)
     }
 
-    private func velocityAndDivergenceSerial(_ inputs: Inputs<S>, eps: [S], probes k: Int) throws(GradError) -> ([S], [S]) {
+    private func velocityAndDivergenceSerial(_ inputs: Inputs<S>, eps: [S], probes k: Int, product: [S]?) throws(GradError) -> ([S], [S]) {
         let tr = try trace(inputs, derivatives: true)
-        let div = k == 0 ? try exactTrace(tr) : try hutchinson(tr, eps: eps, probes: k)
+        let div = k == 0 ? try exactTrace(tr, product: product) : try hutchinson(tr, eps: eps, probes: k)
         return (tr.output, div)
     }
 }

@@ -38,23 +38,21 @@ extension Model {
     /// The exact trace of each sample's Jacobian from a forward trace taken with derivatives.
     ///
     /// The cyclic trace holds B·h_L·h₁ numbers, the Jacobian B·D'·w: the plan takes the smaller,
-    /// so wide hidden layers around a narrow x (D = 1, h = 65536) never form B·h·h.
-    func exactTrace(_ tr: ForwardTrace<S>) throws(GradError) -> [S] {
+    /// so wide hidden layers around a narrow x (D = 1, h = 65536) never form B·h·h. `product`:
+    /// ``cyclicProduct(d:)`` when the caller already has it (an ODE solve, for all its evaluations).
+    func exactTrace(_ tr: ForwardTrace<S>, product: [S]? = nil) throws(GradError) -> [S] {
         let cyclic = plan(.divergence(.exact), batch: tr.batch, d: tr.d).divergenceByCyclicTrace
-        if cyclic, let traces = try cyclicTrace(tr) { return traces }
+        if cyclic, let traces = try cyclicTrace(tr, product: product) { return traces }
         return try jacobianTrace(tr)
     }
 
-    /// Exact trace for `linear → … → linear` without forming the D×D Jacobian.
-    ///
-    /// `J_b = W_L M_b W_1x` with `M_b` the Jacobian of the middle layers (hidden widths only).
-    /// By the cyclic property `tr(J_b) = tr(M_b P)` with `P = W_1x W_L` (`[h₁, h_L]`), so one forward
-    /// sweep of the h_L columns of P through the middle layers gives every trace. Nil when the model
-    /// does not start and end with `linear`.
-    func cyclicTrace(_ tr: ForwardTrace<S>) throws(GradError) -> [S]? {
-        guard layers.count >= 2, case .linear(let first) = layers[0], case .linear(let last) = layers[layers.count - 1] else { return nil }
-        let b = tr.batch
-        let d = tr.d
+    /// `Pᵀ = W_Lᵀ W_1xᵀ` (`[h_L, h₁]`) for x of width `d`, the fixed part of the cyclic trace; nil
+    /// when the model does not start and end with `linear`, or when the plan would form the
+    /// Jacobian instead (then there is nothing to keep).
+    func cyclicProduct(d: Int, batch: Int) -> [S]? {
+        guard plan(.divergence(.exact), batch: batch, d: d).divergenceByCyclicTrace, layers.count >= 2,
+            case .linear(let first) = layers[0], case .linear(let last) = layers[layers.count - 1]
+        else { return nil }
         let h1 = first.outFeatures
         let hL = last.inFeatures
         // Pᵀ = W_Lᵀ W_1xᵀ: [hL, h1]; row i is the tangent P e_i.
@@ -69,8 +67,22 @@ extension Model {
                 }
             }
         }
+        return pt
+    }
+
+    /// Exact trace for `linear → … → linear` without forming the D×D Jacobian.
+    ///
+    /// `J_b = W_L M_b W_1x` with `M_b` the Jacobian of the middle layers (hidden widths only).
+    /// By the cyclic property `tr(J_b) = tr(M_b P)` with `P = W_1x W_L` (`[h₁, h_L]`), so one forward
+    /// sweep of the h_L columns of P through the middle layers gives every trace. Nil when the model
+    /// does not start and end with `linear`.
+    func cyclicTrace(_ tr: ForwardTrace<S>, product: [S]? = nil) throws(GradError) -> [S]? {
+        guard layers.count >= 2, case .linear = layers[0], case .linear(let last) = layers[layers.count - 1] else { return nil }
+        guard let pt = product ?? cyclicProduct(d: tr.d, batch: tr.batch) else { return nil }
+        let b = tr.batch
+        let hL = last.inFeatures
         var seed = [S]()
-        seed.reserveCapacity(b * hL * h1)
+        seed.reserveCapacity(b * pt.count)
         for _ in 0..<b { seed.append(contentsOf: pt) }
         let u = try forwardSweep(tangents: seed, rows: b * hL, order: .bMajor, trace: tr, from: 1, to: layers.count - 1)
         return (0..<b).map { bb in
