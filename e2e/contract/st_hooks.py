@@ -36,7 +36,7 @@ ANSWERS = {
     "/v1/jacobian": ({"outputs", "jacobian.x", "jacobian.t"}, [("jacobian.x", "jacobian.t")], {"mode"}),
     "/v1/divergence": ({"outputs", "divergence"}, [("divergence",)], {"method"}),
 }
-TIMING_KEYS = {"queue_ms", "decode_ms", "compute_ms", "encode_ms"}
+TIMING_KEYS = {"read_ms", "queue_ms", "decode_ms", "compute_ms", "encode_ms"}
 DTYPE_BYTES = {"F32": 4, "F64": 8}
 
 
