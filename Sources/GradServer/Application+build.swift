@@ -25,11 +25,14 @@ public func buildApplication(
     drain.attach(pool)
     let router = buildRouter(configuration, registry: registry, pool: pool, memory: memory, metrics: metrics, drain: drain)
     let connections = ConnectionGuard.Counter(limit: configuration.maxConnections)
+    let writeDuration = metrics.makeDurationHistogram(descriptor: HTTPMetricNames.writeDuration, buckets: HTTPMetricNames.buckets)
     let bodyTimeout = Duration.milliseconds(Int64(configuration.bodyTimeoutSeconds * 1000))
     let writeTimeout = Duration.milliseconds(Int64(configuration.writeTimeoutSeconds * 1000))
     var server: HTTPServerBuilder = .http1(
         configuration: .init(
-            additionalChannelHandlers: [ConnectionGuard(counter: connections, bodyTimeout: bodyTimeout, writeTimeout: writeTimeout)],
+            additionalChannelHandlers: [
+                ConnectionGuard(counter: connections, bodyTimeout: bodyTimeout, writeTimeout: writeTimeout, writeDuration: writeDuration)
+            ],
             idleTimeout: .seconds(120)))
     if let certPath = configuration.tlsCertificatePath, let keyPath = configuration.tlsKeyPath {
         let chain: [NIOSSLCertificateSource]

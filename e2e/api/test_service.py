@@ -146,6 +146,15 @@ def test_metrics(server):
     assert r.headers["Content-Type"].startswith("text/plain")
     assert "gradserve_http_requests_total" in r.text
     assert "# TYPE gradserve_http_requests_total counter" in r.text
+    # the answers' write time (head to last byte on the socket): the forward above is counted once its
+    # last byte was written (recorded on its connection's event loop, so allow a moment)
+    deadline = time.monotonic() + 5
+    while True:
+        count = [ln for ln in get(server, "/metrics").text.splitlines() if ln.startswith("gradserve_http_response_write_seconds_count")]
+        if count and float(count[0].split()[-1]) >= 1:
+            break
+        assert time.monotonic() < deadline, count
+        time.sleep(0.05)
 
 
 def test_info(server):

@@ -50,6 +50,11 @@ enum HTTPMetricNames {
         MetricNameDescriptor(
             namespace: "gradserve", subsystem: "http", metricName: "request_duration", unitName: "seconds", helpText: "Time to answer, by route")
     }
+    static var writeDuration: MetricNameDescriptor {
+        MetricNameDescriptor(
+            namespace: "gradserve", subsystem: "http", metricName: "response_write", unitName: "seconds",
+            helpText: "From an answer's head to its last byte written to the socket")
+    }
     static var buckets: [Duration] {
         [500, 1000, 2500, 5000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000, 30_000_000]
             .map { Duration.microseconds($0) }

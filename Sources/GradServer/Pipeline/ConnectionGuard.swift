@@ -3,6 +3,7 @@ import GradCore
 import HTTPTypes
 import NIOCore
 import NIOHTTPTypes
+import Prometheus
 import Synchronization
 
 /// Per-connection protections, one handler in each HTTP/1 pipeline:
@@ -23,6 +24,8 @@ import Synchronization
 /// - **Answers hold their memory** (``ConnectionEvent/hold(_:)``) until written to the socket
 ///   (the end part's write promise completes after every byte before it), so clients that do
 ///   not read cannot take the process past its memory budget.
+/// - **Write time** (`gradserve_http_response_write_seconds`): from an answer's head to its last
+///   byte written to the socket, the one phase `Server-Timing` cannot carry (it leaves before).
 /// - **Client gone**: when the connection closes (or the client half-closes) while a computation
 ///   is bound to it (``ConnectionEvent/bind(_:)``), its cancellation token is set, so the
 ///   computation stops at its next checkpoint.
@@ -81,11 +84,14 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
     private var token: Cancellation?
     private var held: MemoryBudget.Reservation?
     private var gone = false
+    private let writeDuration: DurationHistogram?
+    private var answerStart: ContinuousClock.Instant?
 
-    init(counter: Counter, bodyTimeout: Duration, writeTimeout: Duration) {
+    init(counter: Counter, bodyTimeout: Duration, writeTimeout: Duration, writeDuration: DurationHistogram? = nil) {
         self.counter = counter
         self.bodyTimeout = .init(bodyTimeout)
         self.writeTimeout = .init(writeTimeout)
+        self.writeDuration = writeDuration
     }
 
     // MARK: connection cap
@@ -226,6 +232,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
         case .head(var head):
             if head.status.kind != .informational {
                 responseStarted = true
+                answerStart = .now
                 // A final answer to a client still waiting for 100 Continue: it will not send the
                 // body, so close after the answer instead of waiting for one.
                 let waiting = requests.first?.awaitingContinue ?? false
@@ -250,6 +257,8 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
             let reservation = held
             held = nil
             let close = closeAfterResponse
+            let started = answerStart
+            answerStart = nil
             responseStarted = false
             closeAfterResponse = false
             if !requests.isEmpty { requests.removeFirst() }
@@ -267,6 +276,7 @@ final class ConnectionGuard: ChannelDuplexHandler, RemovableChannelHandler {
                     writeTimer = nil
                 }
                 reservation?.release()
+                if let started { writeDuration?.record(.now - started) }
                 if close { context.close(promise: nil) }
             }
             if close {
