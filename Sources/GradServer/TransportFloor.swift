@@ -32,10 +32,8 @@ public enum TransportFloor {
             return Response(status: .noContent)
         }
         router.post("v1/**") { request, _ in
-            // The body is read whole, as the service reads it (one buffer sized from Content-Length).
-            let declared = request.headers[.contentLength].flatMap { Int($0) }
-            var buffer = ByteBufferAllocator().buffer(capacity: min(declared ?? 16_384, maxBodyBytes))
-            for try await fragment in request.body { buffer.writeImmutableBuffer(fragment) }
+            // The body is read whole by the service's own reader.
+            _ = try await BodyReader.collect(request, limit: maxBodyBytes)
             let key = request.headers[.floorKey] ?? ""
             guard let answer = answers.get(key) else {
                 return Response(

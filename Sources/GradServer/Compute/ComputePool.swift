@@ -55,10 +55,10 @@ public final class ComputePool: Sendable {
         deadlines.stop()
     }
 
-    /// A place among the running and queued jobs, held until the job ends (``release()``, once).
-    /// A streamed answer runs several jobs on one place (``ComputeSession``): the place is given
-    /// back when the stream ends (``abandon()``), or, if a job of it is still running then (a
-    /// deadline, a client gone), when that job really ends.
+    /// A place among the running and queued jobs. Its holder (a ``ComputeSession``) runs one job on
+    /// it, or several (a streamed answer); the place is given back once the holder is done with it
+    /// (``abandon()``) and no job of it runs any more: a job answered 504 or left by its client
+    /// holds the place until it really ends.
     public final class Ticket: Sendable {
         private let pool: ComputePool
         private let released = Atomic(false)
@@ -68,12 +68,12 @@ public final class ComputePool: Sendable {
 
         fileprivate func jobSubmitted() { jobs.withLock { $0.running += 1 } }
 
-        fileprivate func jobEnded(releasing: Bool) {
+        fileprivate func jobEnded() {
             let last = jobs.withLock { s -> Bool in
                 s.running -= 1
                 return s.abandoned && s.running == 0
             }
-            if releasing || last { release() }
+            if last { release() }
         }
 
         /// The holder is done with the place: given back now, or when its running job ends.
@@ -86,7 +86,7 @@ public final class ComputePool: Sendable {
         }
 
         /// Gives the place back (idempotent).
-        public func release() {
+        private func release() {
             guard !released.exchange(true, ordering: .acquiringAndReleasing) else { return }
             pool.pending.withLock { $0 -= 1 }
             pool.finished.add(1, ordering: .relaxed)
@@ -114,14 +114,11 @@ public final class ComputePool: Sendable {
     }
 
     /// Runs `body` on a compute thread with `token` as its cancellation token, passing it the
-    /// seconds it waited for the thread. The ticket is released when the job ends, whatever the
-    /// caller was answered. (Its memory reservation lives as long as the job or the answer needs it:
-    /// see ``RequestPipeline``.)
-    ///
-    /// `releasingTicket: false` keeps the place for more jobs (a ``ComputeSession``); the holder
-    /// gives it back with ``Ticket/abandon()``.
+    /// seconds it waited for the thread. The job counts on `ticket` until it ends, whatever the
+    /// caller was answered; the ticket's holder gives the place back (``Ticket/abandon()``). (Its
+    /// memory reservation lives as long as the job or the answer needs it: see ``RequestPipeline``.)
     public func run<T: Sendable>(
-        _ ticket: Ticket, deadline: ContinuousClock.Instant, token: Cancellation, releasingTicket: Bool = true,
+        _ ticket: Ticket, deadline: ContinuousClock.Instant, token: Cancellation,
         _ body: @escaping @Sendable (_ queueSeconds: Double) throws -> T
     ) async throws -> T {
         let submitted = ContinuousClock.now
@@ -131,7 +128,7 @@ public final class ComputePool: Sendable {
             once.set(continuation)
             let chunks = threadsPerJob
             threads.submit { state in
-                defer { ticket.jobEnded(releasing: releasingTicket) }
+                defer { ticket.jobEnded() }
                 guard state == .active else {
                     return once.resume(throwing: Problem(.serviceUnavailable, title: "Shutting down", detail: "the server is stopping"))
                 }
@@ -154,9 +151,9 @@ public final class ComputePool: Sendable {
     }
 }
 
-/// Several jobs of one request on one place in the pool, under the request's deadline and
-/// cancellation token: the blocks of a streamed answer, computed one after the other while the
-/// earlier ones are written. ``end()`` gives the place back (once its running job has ended).
+/// A request's place in the pool, under its deadline and cancellation token: its computation, and
+/// for a streamed answer the later blocks, computed one after the other while the earlier ones are
+/// written. ``end()`` gives the place back (once its running job has ended).
 final class ComputeSession: Sendable {
     let pool: ComputePool
     let ticket: ComputePool.Ticket
@@ -172,10 +169,10 @@ final class ComputeSession: Sendable {
 
     /// Runs `body` on a compute thread, keeping the place.
     func run<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
-        try await pool.run(ticket, deadline: deadline, token: token, releasingTicket: false) { _ in try body() }
+        try await pool.run(ticket, deadline: deadline, token: token) { _ in try body() }
     }
 
-    /// The stream is over (done or failed).
+    /// The request is done with its place (its answer computed, or streamed, or failed).
     func end() { ticket.abandon() }
 
     /// A session dropped without ``end()`` (its response never written) gives its place back too.

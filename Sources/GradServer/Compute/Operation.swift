@@ -35,20 +35,15 @@ struct OperationRunner: Sendable {
     let registry: ModelRegistry
     let maxLayers: Int
 
-    /// What a run gives: an answer to encode, or a Jacobian to stream (only with `streaming`).
+    /// What a run gives: an answer to encode, or a Jacobian to stream.
     enum Outcome {
         case answer(Answer, OutputEncoding)
         case stream(JacobianStream)
     }
 
-    func run(_ op: Operation, _ doc: RequestDocument, _ job: Job) throws -> (Answer, OutputEncoding) {
-        guard case .answer(let answer, let encoding) = try run(op, doc, job, streaming: false) else { preconditionFailure("not streaming") }
-        return (answer, encoding)
-    }
-
-    /// Runs `op`; with `streaming`, a large safetensors Jacobian comes back as a ``JacobianStream``
-    /// (planned in full and admitted for one block at a time, its inputs decoded, nothing computed).
-    func run(_ op: Operation, _ doc: RequestDocument, _ job: Job, streaming: Bool) throws -> Outcome {
+    /// Runs `op`; a large safetensors Jacobian comes back as a ``JacobianStream`` (planned in full
+    /// and admitted for one block at a time, its inputs decoded, nothing computed).
+    func run(_ op: Operation, _ doc: RequestDocument, _ job: Job) throws -> Outcome {
         try doc.checkKnown(op.fields, nested: op.nestedFields)
         let encoding = OutputEncoding(rawValue: try doc.choice("output_encoding", OutputEncoding.allCases.map(\.rawValue), default: "json"))!
         let returnOutputs = try doc.bool("return_outputs", default: true)
@@ -108,7 +103,7 @@ struct OperationRunner: Sendable {
             let wrt = Set(try doc.subset("wrt", model.hasT ? ["x", "t"] : ["x"], default: ["x"]).compactMap(GradTarget.init))
             let mode = JacobianMode(rawValue: try doc.choice("mode", JacobianMode.allCases.map(\.rawValue), default: "auto"))!
             let dOut = model.outputWidth(d: d)
-            if streaming, JacobianStream.applies(encoding: encoding, wrt: wrt, batch: b, d: d, dOut: dOut, dtype: model.dtype) {
+            if JacobianStream.applies(encoding: encoding, wrt: wrt, batch: b, d: d, dOut: dOut, dtype: model.dtype) {
                 // The whole answer against the output and FLOP limits; memory for one block at a
                 // time (its working set, the block being written, the small tensors held to the end).
                 let whole = model.plan(.jacobian(wrt: wrt, mode: mode, returnOutputs: returnOutputs), batch: b, d: d)

@@ -26,11 +26,11 @@ struct ComputeController: Sendable {
     func handle(_ op: Operation, _ request: Request, _ context: GradRequestContext) async throws -> Response {
         let runner = self.runner
         let clock = ContinuousClock()
-        let reply = try await pipeline.run(request, context, keepingPlace: op == .jacobian) { job, session -> Reply in
+        let reply = try await pipeline.run(request, context) { job, session -> Reply in
             let t0 = clock.now
             let doc = try job.document()
             let t1 = clock.now
-            let outcome = try runner.run(op, doc, job, streaming: op == .jacobian)
+            let outcome = try runner.run(op, doc, job)
             // JSON tensors are decoded inside the run, after the plan: their time is decode's.
             func phases(computeEnd t2: ContinuousClock.Instant, encode: Double) -> [(String, Double)] {
                 let tensors = doc.tensorDecoding.seconds

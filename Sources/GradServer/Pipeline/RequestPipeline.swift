@@ -36,11 +36,18 @@ struct RequestPipeline: Sendable {
     func run<T: Sendable>(
         _ request: Request, _ context: GradRequestContext, extraSeconds: Double = 0, _ compute: @escaping @Sendable (Job) throws -> T
     ) async throws -> T {
-        try await run(request, context, extraSeconds: extraSeconds, keepPlace: false) { job, _ in try compute(job) }
+        try await run(request, context, extraSeconds: extraSeconds) { job, session in
+            defer { session.end() }  // one job: the place goes back when it ends
+            return try compute(job)
+        }
     }
 
-    private func run<T: Sendable>(
-        _ request: Request, _ context: GradRequestContext, extraSeconds: Double, keepPlace: Bool,
+    /// ``run(_:_:extraSeconds:_:)`` for answers that need more jobs after the first (a streamed
+    /// Jacobian): `compute` also gets the ``ComputeSession`` that holds the request's place in the
+    /// pool, and ends it when done with it (at once, or when its stream ends); a session no one ends
+    /// ends when it is dropped.
+    func run<T: Sendable>(
+        _ request: Request, _ context: GradRequestContext, extraSeconds: Double = 0,
         _ compute: @escaping @Sendable (Job, ComputeSession) throws -> T
     ) async throws -> T {
         let arrival = ContinuousClock.now
@@ -71,27 +78,18 @@ struct RequestPipeline: Sendable {
         let session = ComputeSession(pool: pool, ticket: ticket, token: token, deadline: deadline)
         let value: T
         do {
-            value = try await pool.run(ticket, deadline: deadline, token: token, releasingTicket: !keepPlace) { queue in
+            value = try await pool.run(ticket, deadline: deadline, token: token) { queue in
                 job.queueSeconds = queue
                 return try compute(job, session)
             }
         } catch {
-            if keepPlace { session.end() }
+            session.end()
             throw error
         }
         // The answer keeps the memory until the connection has written it (or closed): for a
         // streamed answer, until its last block has been written.
         context.channel?.triggerUserOutboundEvent(ConnectionGuard.ConnectionEvent.hold(reservation), promise: nil)
         return value
-    }
-
-    /// ``run(_:_:extraSeconds:_:)``, for answers that need more jobs after the first (a streamed
-    /// Jacobian): `compute` also gets the ``ComputeSession`` that keeps the request's place in the
-    /// pool. If `compute` succeeds, its caller must call ``ComputeSession/end()`` when done with it.
-    func run<T: Sendable>(
-        _ request: Request, _ context: GradRequestContext, keepingPlace: Bool, _ compute: @escaping @Sendable (Job, ComputeSession) throws -> T
-    ) async throws -> T {
-        try await run(request, context, extraSeconds: 0, keepPlace: keepingPlace, compute)
     }
 
     /// Reserves room for a body of `body` bytes (and what parsing it may allocate).
