@@ -64,6 +64,7 @@ import numpy as np
 import requests
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e", "support"))
+from gradserve_testing.cpu import machine_busy_seconds, process_cpu_seconds  # noqa: E402
 from gradserve_testing.report import cpu_name as machine_cpu, write_json_text  # noqa: E402
 from gradserve_testing.server import ServerProcess  # noqa: E402
 from gradserve_testing.toymlp import D, ToyReference as Reference, toy_model_json, toy_weights  # noqa: E402
@@ -330,19 +331,6 @@ def measure_latency(w: Workload, base: str, warmup: int, iterations: int, server
     }
 
 
-def process_cpu_seconds(pid: int | None) -> float | None:
-    """user + system CPU seconds of a process (all threads), from /proc; None where unknown."""
-    if pid is None:
-        t = os.times()
-        return t.user + t.system
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError):
-        return None
-
-
 class CpuWatch:
     """CPU seconds used by this client process, the server process (when known) and the whole machine
     between start() and stop(), so that a report can say how busy *other* processes kept the cores."""
@@ -350,19 +338,9 @@ class CpuWatch:
     def __init__(self, server_pid: int | None):
         self.server_pid = server_pid
 
-    @staticmethod
-    def machine_busy_seconds() -> float | None:
-        try:
-            with open("/proc/stat") as f:
-                v = [int(x) for x in f.readline().split()[1:]]
-            busy = v[0] + v[1] + v[2] + v[5] + v[6] + (v[7] if len(v) > 7 else 0)  # user nice system irq softirq steal
-            return busy / os.sysconf("SC_CLK_TCK")
-        except (OSError, ValueError, IndexError):
-            return None
-
     def _snap(self) -> tuple[float, float | None, float | None, float | None]:
         return (time.perf_counter(), process_cpu_seconds(None),
-                process_cpu_seconds(self.server_pid) if self.server_pid else None, self.machine_busy_seconds())
+                process_cpu_seconds(self.server_pid) if self.server_pid else None, machine_busy_seconds())
 
     def start(self) -> "CpuWatch":
         self.a = self._snap()

@@ -35,6 +35,7 @@ import numpy as np
 import requests
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "e2e", "support"))
+from gradserve_testing.cpu import machine_busy_seconds, process_cpu_seconds  # noqa: E402
 from gradserve_testing.server import ServerProcess  # noqa: E402
 from gradserve_testing.toymlp import D, ToyReference, toy_model_json, toy_weights  # noqa: E402
 
@@ -52,18 +53,6 @@ def bodies(model_id: str) -> tuple[dict[str, tuple[bytes, str]], np.ndarray, np.
     st = write_safetensors({"inputs.x": x, "inputs.t": t}, {"request": json.dumps({"model": model_id, "output_encoding": "safetensors"})})
     js = json.dumps({"model": model_id, "inputs": {"x": b64_form(x), "t": b64_form(t)}, "output_encoding": "base64"}).encode()
     return {"binary": (st, "application/octet-stream"), "json": (js, "application/json")}, x, t
-
-
-def cpu_seconds(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def machine_busy_seconds() -> float:
-    with open("/proc/stat") as f:
-        v = [int(x) for x in f.readline().split()[1:]]
-    return (sum(v) - v[3] - v[4]) / os.sysconf("SC_CLK_TCK")  # all but idle and iowait
 
 
 def client_process(url: str, body: bytes, ctype: str, answer_len: int, duration: float, barrier, out) -> None:
@@ -92,10 +81,10 @@ def run_processes(url: str, body: bytes, ctype: str, answer_len: int, procs: int
     for p in ps:
         p.start()
     barrier.wait()
-    s0, m0, t0 = cpu_seconds(server_pid), machine_busy_seconds(), time.monotonic()
+    s0, m0, t0 = process_cpu_seconds(server_pid), machine_busy_seconds(), time.monotonic()
     results = [out.get(timeout=duration + 60) for _ in ps]
     wall = time.monotonic() - t0
-    s1, m1 = cpu_seconds(server_pid), machine_busy_seconds()
+    s1, m1 = process_cpu_seconds(server_pid), machine_busy_seconds()
     for p in ps:
         p.join()
     n = sum(r[0] for r in results)
@@ -118,11 +107,11 @@ def run_wrk(url: str, body: bytes, ctype: str, duration: float, tmp: str, server
     with open(lua, "w") as f:
         f.write(f'wrk.method = "POST"\nwrk.headers["Content-Type"] = "{ctype}"\n'
                 f'local f = io.open("{path}", "rb")\nwrk.body = f:read("*a")\nf:close()\n')
-    s0, m0, t0 = cpu_seconds(server_pid), machine_busy_seconds(), time.monotonic()
+    s0, m0, t0 = process_cpu_seconds(server_pid), machine_busy_seconds(), time.monotonic()
     out = subprocess.run(["wrk", "-t2", "-c4", f"-d{int(duration)}s", "--latency", "-s", lua, url],
                          capture_output=True, text=True, check=True).stdout
     wall = time.monotonic() - t0
-    s1, m1 = cpu_seconds(server_pid), machine_busy_seconds()
+    s1, m1 = process_cpu_seconds(server_pid), machine_busy_seconds()
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
     p50 = re.search(r"50%\s+([\d.]+)(\w+)", out)
     non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)

@@ -227,9 +227,8 @@ def peak_memory(serve_args: list[str], binary: str | None, log) -> list[dict]:
         gs = ServerProcess(extra_args=serve_args, binary=binary).start()
         try:
             mid = requests.post(gs.url + "/v1/models", json={"model": toy_model_json(seed=0)}).json()["id"]
-            small = {k: v[:1] for k, v in a.items()}
-            requests.post(f"{gs.url}/v1/jacobian", data=body_for("jacobian", mid, small, enc)[0],
-                          headers={"Content-Type": body_for("jacobian", mid, small, enc)[1]}).raise_for_status()
+            small, small_type = body_for("jacobian", mid, {k: v[:1] for k, v in a.items()}, enc)
+            requests.post(f"{gs.url}/v1/jacobian", data=small, headers={"Content-Type": small_type}).raise_for_status()
             base = vm_rss(gs.pid)
             b, ctype = body_for("jacobian", mid, a, enc)
             r = requests.post(f"{gs.url}/v1/jacobian", data=b, headers={"Content-Type": ctype})

@@ -19,7 +19,7 @@ from gradserve.models import to_json
 from gradserve.torch import export
 from gradserve_testing.toymlp import toy_mlp
 
-from gs_helpers import decode_answer, describe, post, sent_value
+from gs_helpers import assert_problem, decode_answer, describe, error_paths, post, sent_value
 
 TORCH_DTYPE = {"float32": torch.float32, "float64": torch.float64}
 FIXED_METHODS = ["euler", "midpoint", "rk4"]
@@ -45,6 +45,13 @@ def held(x: np.ndarray, dtype: str) -> np.ndarray:
 def names_field(field: str, paths: list[str]) -> bool:
     """Whether one of a problem's error paths is ``field`` or inside it."""
     return any(p == field or p.startswith(field + ".") or p.startswith(field + "[") for p in paths)
+
+
+def refused(url: str, path: str, body, field: str) -> dict:
+    """POSTs `body` to `path`, which must answer 422 with an error at `field` (or inside it); the problem."""
+    p = assert_problem(post(url, path, body), 422)
+    assert names_field(field, error_paths(p)), f"expected an error at {field}, got {p['errors']}"
+    return p
 
 
 def cfm_mlp(dim: int = 3, w: int = 32, dtype: str = "float64", seed: int = 0, time_varying: bool = True):

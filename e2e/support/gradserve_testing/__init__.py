@@ -4,6 +4,7 @@
   process by `ports`), run from a private copy of the binary (`server_binary`).
 - `ports`: which port a server process listens on (standard library only).
 - `rss`: a process's resident set size (now and peak), from /proc.
+- `cpu`: a process's and the machine's CPU seconds, from /proc.
 - `toymlp`: the seed's ToyMLP (torchcfm's MLP(784, w=64, time_varying=True) with SELU) as a PyTorch module.
 
 Importing the package puts this checkout's Python client (clients/python) first on sys.path, so suites and
