@@ -31,7 +31,8 @@ public func buildApplication(
     var server: HTTPServerBuilder = .http1(
         configuration: .init(
             additionalChannelHandlers: [
-                ConnectionGuard(counter: connections, bodyTimeout: bodyTimeout, writeTimeout: writeTimeout, writeDuration: writeDuration)
+                ReadSize(),
+                ConnectionGuard(counter: connections, bodyTimeout: bodyTimeout, writeTimeout: writeTimeout, writeDuration: writeDuration),
             ],
             idleTimeout: .seconds(120)))
     if let certPath = configuration.tlsCertificatePath, let keyPath = configuration.tlsKeyPath {

@@ -44,7 +44,7 @@ public enum TransportFloor {
         router.get("healthz") { _, _ in "ok\n" }
         return Application(
             router: router,
-            server: .http1(configuration: .init(idleTimeout: .seconds(120))),
+            server: .http1(configuration: .init(additionalChannelHandlers: [ReadSize()], idleTimeout: .seconds(120))),
             configuration: .init(address: .hostname(host, port: port), serverName: "gradserve-floor/\(GradserveVersion.current)"),
             logger: logger ?? Logger(label: "gradserve-floor"))
     }

@@ -208,9 +208,13 @@ enum BodyReader {
 
     /// The whole body (its declared length was checked by ``declaredLength(_:limit:)``);
     /// `onGrow` sees the running total.
+    ///
+    /// A body that arrives in one fragment (common for a megabyte once the connection reads up to
+    /// ``ReadSize/maximum`` at a time) and fills most of its read buffer is kept as it is, not copied.
     static func collect(_ request: Request, limit: Int, onGrow: (Int) throws -> Void = { _ in }) async throws -> ByteBuffer {
         let declared = request.headers[.contentLength].flatMap { Int($0) }
-        var buffer = ByteBufferAllocator().buffer(capacity: min(declared ?? 16_384, limit))
+        var only: ByteBuffer? = nil
+        var buffer: ByteBuffer? = nil
         var total = 0
         do {
             for try await fragment in request.body {
@@ -219,7 +223,17 @@ enum BodyReader {
                     throw Problem(.contentTooLarge, title: "Body too large", detail: "the body is larger than the limit of \(limit) bytes (--max-body-bytes)")
                 }
                 try onGrow(total)
-                buffer.writeImmutableBuffer(fragment)
+                // Kept only when it is most of the buffer it lives in: a small body must not pin a
+                // connection's megabyte read buffer for the length of its computation.
+                if buffer == nil, only == nil, fragment.readableBytes == declared, fragment.storageCapacity <= 2 * fragment.readableBytes {
+                    only = fragment
+                    continue
+                }
+                if buffer == nil {
+                    buffer = ByteBufferAllocator().buffer(capacity: min(declared ?? 16_384, limit))
+                    if let first = only.take() { buffer!.writeImmutableBuffer(first) }
+                }
+                buffer!.writeImmutableBuffer(fragment)
             }
         } catch let problem as Problem {
             throw problem
@@ -230,6 +244,6 @@ enum BodyReader {
                 .badRequest, title: "Malformed body", detail: "the request body could not be read after \(total) bytes: \(error)",
                 headers: [.connection: "close"])
         }
-        return buffer
+        return buffer ?? only ?? ByteBuffer()
     }
 }
