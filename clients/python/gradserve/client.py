@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Sequence
 
 import numpy as np
-import requests
+import urllib3
 
 from . import errors as E
 from ._flows import _Flows
@@ -98,8 +98,7 @@ class Client(_Flows, _Registry):
         self.parallel = parallel if parallel is not None else len(self.urls)
         self.retries = retries
         self.binary_threshold = binary_threshold
-        self._tls = threading.local()
-        self._sessions: list[requests.Session] = []
+        self._managers: dict[str, urllib3.PoolManager] = {}
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self._turn = itertools.count()

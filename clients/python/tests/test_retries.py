@@ -210,3 +210,34 @@ def test_errors_pickle_with_timed_out():
 
     e = pickle.loads(pickle.dumps(E.ConnectionFailed(None, "Timed out", "d", timed_out=True, url="u")))
     assert e.timed_out and e.url == "u" and isinstance(e, ConnectionError)
+
+
+def test_the_environment_is_honoured(stub, monkeypatch):
+    """The exchanges use urllib3 directly, with the environment read as ``requests`` reads it: a proxy from
+    ``http_proxy`` (here the stub, which then sees the absolute URL), unless ``no_proxy`` exempts the host."""
+    proxy = stub([200])
+    target = "http://gradserve.invalid:8000"  # .invalid never resolves: only the proxy can answer for it
+    for name in ("http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, proxy.url)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    with gradserve.Client(target, retries=0) as c:
+        assert c.request("GET", "/v1/info").json() == {"status": "ok"}
+    assert proxy.seen == [("GET", f"{target}/v1/info")]
+    monkeypatch.setenv("no_proxy", "gradserve.invalid")
+    with gradserve.Client(target, retries=0) as c, pytest.raises(gradserve.ConnectionFailed) as ei:
+        c.request("GET", "/v1/info")
+    assert "cannot reach" in ei.value.detail and len(proxy.seen) == 1
+
+
+def test_threads_share_the_connection_pool(server):
+    """One pool for every thread of a client: parallel calls reuse connections instead of opening one each."""
+    with gradserve.Client(server, parallel=4) as c:
+        threads = [threading.Thread(target=lambda: [c.request("GET", "/v1/info") for _ in range(10)]) for _ in range(4)]
+        for th in threads:
+            th.start()
+        for th in threads:
+            th.join()
+        pools = list(c._managers.values())[0].pools
+        opened = sum(p.num_connections for p in (pools[k] for k in pools.keys()))
+    assert 1 <= opened <= 4, opened
