@@ -82,8 +82,8 @@ class _Transport:
             managers, self._managers = self._managers, {}
         if pool is not None:
             pool.shutdown(wait=True)
-        for m in set(map(id, managers.values())):
-            next(v for v in managers.values() if id(v) == m).clear()
+        for m in {id(v): v for v in managers.values()}.values():  # one manager may serve several servers
+            m.clear()
 
     def _manager(self, base: str) -> urllib3.PoolManager:
         """The connection pool for server ``base``, shared by every thread. The environment is read once
