@@ -1,6 +1,7 @@
 import GradCodec
 import GradCore
 import Hummingbird
+import NIOPosix
 
 /// `/v1/models`: register (JSON or safetensors), list, describe, delete.
 struct ModelsController: Sendable {
@@ -12,7 +13,7 @@ struct ModelsController: Sendable {
         routes.post { request, context in try await register(request, context) }
         routes.get { _, _ in try list() }
         routes.get(":id") { _, context in try describe(try context.parameters.require("id")) }
-        routes.delete(":id") { _, context in try delete(try context.parameters.require("id")) }
+        routes.delete(":id") { _, context in try await delete(try context.parameters.require("id")) }
         return routes
     }
 
@@ -60,8 +61,11 @@ struct ModelsController: Sendable {
         return try Response.json(ModelSummary(entry))
     }
 
-    func delete(_ id: String) throws -> Response {
-        guard try registry.delete(id) else { throw unknown(id) }
+    /// On NIO's blocking-I/O threads: deleting waits for the registry's writer (a registration
+    /// may be writing and syncing its file) and syncs the directory, which no task thread should wait on.
+    func delete(_ id: String) async throws -> Response {
+        let registry = self.registry
+        guard try await NIOThreadPool.singleton.runIfActive({ try registry.delete(id) }) else { throw unknown(id) }
         return Response(status: .noContent)
     }
 

@@ -1,6 +1,7 @@
 import Foundation
 import GradCore
 import Hummingbird
+import NIOPosix
 import Prometheus
 import Synchronization
 
@@ -130,7 +131,8 @@ struct HeapTrimmer: Sendable {
                 continue
             }
             if !trimmed, ContinuousClock.now - lastBusy >= idle {
-                MemoryPolicy.returnFreePages()
+                // On NIO's blocking-I/O threads: trimming walks the heap, and tasks run on the event loops.
+                try? await NIOThreadPool.singleton.runIfActive { MemoryPolicy.returnFreePages() }
                 trimmed = true
             }
         }
