@@ -386,8 +386,11 @@ def test_client_multi_url_one_replica_killed_and_restarted_empty(models_dir):
             kill(victim)
             load.wait_for(load.answers + QUOTA_WHILE_DOWN, deadline, "answers while a replica is down")
             victim.data_dir = temporary_dir("gs-data-")  # an empty registry: the client's model is gone there
-            victim.start(port=victim.port)
+            # Counted from before the start: the client may register its model there again the moment
+            # the replica is up, before this thread runs again (it did, and the phase waited for a
+            # re-registration it had already missed).
             restarted_at[0] = len(c.log)
+            victim.start(port=victim.port)
             load.wait_for(0, deadline, "the restarted replica to answer again, the client's model registered there again",
                           lambda: victim_answers_since_restart() >= QUOTA_AFTER and reregistrations() >= 1)
         assert not load.failures, f"requests lost: {load.failures[:5]}"
