@@ -58,12 +58,7 @@ struct Answer: Sendable {
             let header = Safetensors.header(data, metadata: metadata)
             var body = ByteBufferAllocator().buffer(capacity: header.count + data.reduce(0) { $0 + $1.tensor.byteCount })
             body.writeBytes(header)
-            for (_, t) in data {
-                switch t {
-                case .float32(let f): f.scalars.withUnsafeBytes { _ = body.writeBytes($0) }
-                case .float64(let d): d.scalars.withUnsafeBytes { _ = body.writeBytes($0) }
-                }
-            }
+            for (_, t) in data { body.writeTensor(t) }
             return (body, "application/octet-stream")
         }
     }
@@ -144,6 +139,16 @@ struct Answer: Sendable {
         case (.float64(let d), false): w.nested(d)
         case (.float32(let f), true): w.base64(f)
         case (.float64(let d), true): w.base64(d)
+        }
+    }
+}
+
+extension ByteBuffer {
+    /// Appends a tensor's little-endian bytes (a safetensors body's data, whole or streamed).
+    mutating func writeTensor(_ t: AnyTensor) {
+        switch t {
+        case .float32(let f): f.scalars.withUnsafeBytes { _ = writeBytes($0) }
+        case .float64(let d): d.scalars.withUnsafeBytes { _ = writeBytes($0) }
         }
     }
 }

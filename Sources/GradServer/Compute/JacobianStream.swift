@@ -97,13 +97,3 @@ final class JacobianStream: @unchecked Sendable {
         return buffer
     }
 }
-
-extension ByteBuffer {
-    /// Appends a tensor's little-endian bytes.
-    mutating func writeTensor(_ t: AnyTensor) {
-        switch t {
-        case .float32(let f): f.scalars.withUnsafeBytes { _ = writeBytes($0) }
-        case .float64(let d): d.scalars.withUnsafeBytes { _ = writeBytes($0) }
-        }
-    }
-}
