@@ -186,17 +186,13 @@ class _Transport:
             # the answer did not come in time (while waiting for its head, or while reading its body); the
             # server may still be computing it
             raise E.ConnectionFailed(None, "Timed out", f"no answer within {limit} s: {e}", method=method, url=full, timed_out=True) from e
-        except (
-            urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError, urllib3.exceptions.ProxyError, urllib3.exceptions.SSLError
-        ) as e:
-            raise E.ConnectionFailed(None, "Connection failed", f"cannot reach {base}: {e}", method=method, url=full) from e
-        except urllib3.exceptions.ProtocolError as e:
-            if sent:  # the body cut off
-                raise E.ConnectionFailed(None, "Connection failed", f"answer cut off by {base}: {e}", method=method, url=full) from e
-            # reset or closed before an answer began (a replica going away, a stale pooled connection)
-            raise E.ConnectionFailed(None, "Connection failed", f"cannot reach {base}: {e}", method=method, url=full) from e
-        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as e:  # TLS, or the body cut off
-            raise E.ConnectionFailed(None, "Connection failed", f"answer cut off by {base}: {e}", method=method, url=full) from e
+        except (urllib3.exceptions.HTTPError, http.client.HTTPException, OSError) as e:
+            # Not reached: no connection (refused, no such host, connect timeout, proxy, TLS), or reset or
+            # closed before an answer began (a replica going away, a stale pooled connection). Otherwise the
+            # answer was cut off.
+            unreached = isinstance(e, _UNREACHED) or (isinstance(e, urllib3.exceptions.ProtocolError) and not sent)
+            what = f"cannot reach {base}" if unreached else f"answer cut off by {base}"
+            raise E.ConnectionFailed(None, "Connection failed", f"{what}: {e}", method=method, url=full) from e
         if r.status_code < 400:
             return r
         raise E.from_response(r.status_code, r.reason, r.headers.get("Content-Type", ""), r.text, r.headers, method, full)
@@ -283,6 +279,12 @@ class _Transport:
         return decode_json_answer(r.json(), m.sig.dtype if m.sig is not None else None)
 
 
+#: Transport failures before the request reached a server (see ``_Transport._exchange``).
+_UNREACHED = (
+    urllib3.exceptions.NewConnectionError, urllib3.exceptions.ConnectTimeoutError, urllib3.exceptions.ProxyError, urllib3.exceptions.SSLError
+)
+
+
 class _Reply:
     """One answer, read whole: what ``requests.Response`` offered the client, without its per-call cost."""
 
@@ -305,9 +307,8 @@ class _Reply:
 def _read_body(raw: urllib3.HTTPResponse) -> bytes | bytearray:
     """The whole answer body in one read. With a ``Content-Length`` (and no content coding), straight into
     one ``bytearray`` of that size through the standard library's ``readinto`` (no intermediate copy, so a
-    safetensors answer's arrays are views of it). Otherwise
-    (chunked, compressed) urllib3's own single read. Either way far faster than ``requests``' 10 KiB chunks
-    (~2x on a 7 MB Jacobian)."""
+    safetensors answer's arrays are views of it). Otherwise (chunked, compressed) urllib3's own single read.
+    Either way far faster than ``requests``' 10 KiB chunks (~2x on a 7 MB Jacobian)."""
     fp = getattr(raw, "_fp", None)
     n = raw.length_remaining
     if not n or raw.headers.get("Content-Encoding") or not isinstance(fp, http.client.HTTPResponse) or fp.chunked:

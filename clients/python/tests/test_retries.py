@@ -238,6 +238,6 @@ def test_threads_share_the_connection_pool(server):
             th.start()
         for th in threads:
             th.join()
-        pools = list(c._managers.values())[0].pools
-        opened = sum(p.num_connections for p in (pools[k] for k in pools.keys()))
+        pools = c._manager(server).pools
+        opened = sum(pools[k].num_connections for k in pools.keys())
     assert 1 <= opened <= 4, opened
