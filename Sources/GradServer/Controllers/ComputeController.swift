@@ -68,9 +68,6 @@ struct ComputeController: Sendable {
             }
         }
         var headers = HTTPFields()
-        func serverTiming(_ phases: [(String, Double)]) -> String {
-            phases.map { "\($0.0);dur=\(String(format: "%.3f", $0.1 * 1000))" }.joined(separator: ", ")
-        }
         switch reply {
         case .whole(let bytes, let type, let phases, let encodeStart, let done):
             // Known only now, so in the header and not in the body: `encode` up to the last byte of the
@@ -79,12 +76,12 @@ struct ComputeController: Sendable {
             // from the compute thread back).
             let encode = Stopwatch.seconds(done - encodeStart)
             headers[.contentType] = type
-            headers[.serverTiming] = serverTiming(
+            headers[.serverTiming] = ServerTiming.value(
                 phases.map { $0.0 == "encode" ? ("encode", encode) : $0 } + [("return", Stopwatch.seconds(clock.now - done))])
             return Response(status: .ok, headers: headers, body: .init(byteBuffer: bytes))
         case .stream(let stream, let session, let header, let first, let length, let phases, let done):
             headers[.contentType] = "application/octet-stream"
-            headers[.serverTiming] = serverTiming(phases + [("return", Stopwatch.seconds(clock.now - done))])
+            headers[.serverTiming] = ServerTiming.value(phases + [("return", Stopwatch.seconds(clock.now - done))])
             let body = ResponseBody(contentLength: length) { writer in
                 defer { session.end() }
                 try await writer.write(header)

@@ -75,7 +75,7 @@ struct TesseractController: Sendable {
             let t1 = clock.now
             return (
                 w.takeBytes(),
-                "queue;dur=\(String(format: "%.3f", job.queueSeconds * 1000)), compute;dur=\(String(format: "%.3f", Stopwatch.seconds(t1 - t0) * 1000))"
+                ServerTiming.value([("queue", job.queueSeconds), ("compute", Stopwatch.seconds(t1 - t0))])
             )
         }
         var headers = HTTPFields()
