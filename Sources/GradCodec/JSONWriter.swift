@@ -102,7 +102,7 @@ public struct JSONWriter {
             return
         }
         bytes.reserveCapacity(bytes.count + t.count * 12)
-        t.scalars.withUnsafeBufferPointer { p in
+        t.withUnsafeBufferPointer { p in
             var i = 0
             func level(_ axis: Int) {
                 bytes.append(UInt8(ascii: "["))
@@ -134,20 +134,20 @@ public struct JSONWriter {
         key("encoding")
         string("base64")
         key("data")
-        base64String(t.scalars)
+        base64String(t)
         endObject()
     }
 
     /// The elements' little-endian bytes as one base64 string value.
-    public mutating func base64String<S: BLASScalar>(_ scalars: [S]) {
+    public mutating func base64String<S: BLASScalar>(_ t: Tensor<S>) {
         separate()
         bytes.append(UInt8(ascii: "\""))
         // Encode straight into the output (no intermediate array): grow it by the encoded length,
         // then let the encoder fill that region.
-        let n = Base64.encodedLength(bytesCount: scalars.count * MemoryLayout<S>.size)
+        let n = Base64.encodedLength(bytesCount: t.count * MemoryLayout<S>.size)
         let start = bytes.count
         bytes.append(contentsOf: repeatElement(0, count: n))
-        scalars.withUnsafeBytes { raw in
+        t.withUnsafeBytes { raw in
             bytes.withUnsafeMutableBufferPointer { out in
                 var region = MutableSpan(_unsafeElements: UnsafeMutableBufferPointer(rebasing: out[start..<(start + n)]))
                 _ = Base64.encode(bytes: Span(_unsafeElements: raw.bindMemory(to: UInt8.self)), into: &region)
@@ -195,6 +195,6 @@ public struct JSONWriter {
 public enum TensorBytes {
     /// The elements of `t` as little-endian bytes.
     public static func littleEndian<S: BLASScalar>(_ t: Tensor<S>) -> [UInt8] {
-        t.scalars.withUnsafeBytes { Array($0) }  // x86-64 and arm64 are little-endian
+        t.withUnsafeBytes { Array($0) }  // x86-64 and arm64 are little-endian
     }
 }

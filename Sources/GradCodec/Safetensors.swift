@@ -15,7 +15,11 @@ public enum Safetensors {
     static let maxHeader = 100 << 20
 
     /// Reads a safetensors body; every problem is a 422-style issue at `body`.
-    public static func read(_ bytes: UnsafeRawBufferPointer) throws(GradError) -> File {
+    ///
+    /// With an `owner` that keeps `bytes` alive and unchanged while the tensors are referenced,
+    /// each tensor whose data is aligned for its dtype borrows it in place instead of copying
+    /// (``Tensor/init(shape:borrowing:owner:)``); without one, every tensor is a copy.
+    public static func read(_ bytes: UnsafeRawBufferPointer, owner: AnyObject? = nil) throws(GradError) -> File {
         guard bytes.count >= 8 else { throw .invalid("body", "a safetensors body starts with an 8-byte header length; got \(bytes.count) bytes") }
         let n = Int(min(UInt64(littleEndian: bytes.loadUnaligned(as: UInt64.self)), UInt64(Int.max - 16)))
         guard n <= maxHeader, 8 + n <= bytes.count else {
@@ -45,7 +49,7 @@ public enum Safetensors {
                 continue
             }
             do throws(GradError) {
-                file.tensors[name] = try readTensor(name, v, data)
+                file.tensors[name] = try readTensor(name, v, data, owner: owner)
             } catch .invalid(let more) {
                 issues += more
             } catch {
@@ -56,7 +60,7 @@ public enum Safetensors {
         return file
     }
 
-    private static func readTensor(_ name: String, _ v: JSONValue, _ data: UnsafeRawBufferPointer) throws(GradError) -> AnyTensor {
+    private static func readTensor(_ name: String, _ v: JSONValue, _ data: UnsafeRawBufferPointer, owner: AnyObject?) throws(GradError) -> AnyTensor {
         guard case .object(let t) = v, case .string(let dt)? = t["dtype"], case .numbers(let ss, let shapeD)? = t["shape"] ?? .numbers(shape: [0], values: []),
             ss.count == 1, case .numbers(let os, let offs)? = t["data_offsets"], os == [2]
         else { throw .invalid(name, "expected {\"dtype\", \"shape\", \"data_offsets\": [begin, end]}") }
@@ -81,7 +85,7 @@ public enum Safetensors {
         guard !overflow, end - begin == bytes else {
             throw .invalid("\(name).data_offsets", "expected \(count) × \(dtype.byteCount) bytes for \(dt) \(Shape.describe(shape)), got \(end - begin)")
         }
-        return try TensorDecoder.fromBytes(UnsafeRawBufferPointer(rebasing: data[begin..<end]), shape: shape, dtype: dtype, at: name)
+        return try TensorDecoder.fromBytes(UnsafeRawBufferPointer(rebasing: data[begin..<end]), shape: shape, dtype: dtype, at: name, owner: owner)
     }
 
     /// The data section for `tensors`: their bytes, in order.

@@ -114,9 +114,9 @@ public enum TensorDecoder {
             }
             switch decoded {
             case .float32(let t):
-                if let bad = FiniteCheck.firstNonFinite(t.scalars) { throw .invalid("\(path).data", "non-finite value \(t.scalars[bad]) at flat index \(bad)") }
+                if let bad = FiniteCheck.firstNonFinite(t) { throw .invalid("\(path).data", "non-finite value \(t.scalars[bad]) at flat index \(bad)") }
             case .float64(let t):
-                if let bad = FiniteCheck.firstNonFinite(t.scalars) { throw .invalid("\(path).data", "non-finite value \(t.scalars[bad]) at flat index \(bad)") }
+                if let bad = FiniteCheck.firstNonFinite(t) { throw .invalid("\(path).data", "non-finite value \(t.scalars[bad]) at flat index \(bad)") }
             }
             return decoded
         case ("base64", let other?):
@@ -154,18 +154,29 @@ public enum TensorDecoder {
         return try result.get()
     }
 
-    /// Little-endian bytes to a typed tensor (one `memcpy` on little-endian hosts), refusing NaN and infinities.
-    static func fromBytes(_ raw: UnsafeRawBufferPointer, shape: [Int], dtype: DType, at path: String) throws(GradError) -> AnyTensor {
+    /// Little-endian bytes to a typed tensor, refusing NaN and infinities.
+    ///
+    /// With an `owner` that keeps `raw` alive and unchanged, and `raw` aligned for the dtype, the
+    /// tensor borrows the bytes where they are (a request body's tensors are computed on in
+    /// place); otherwise they are copied (one `memcpy` on little-endian hosts).
+    static func fromBytes(_ raw: UnsafeRawBufferPointer, shape: [Int], dtype: DType, at path: String, owner: AnyObject? = nil) throws(GradError) -> AnyTensor {
         switch dtype {
-        case .float32:
-            let v = copyScalars(raw, as: Float.self)
-            if let bad = FiniteCheck.firstNonFinite(v) { throw .invalid(path, "non-finite value \(v[bad]) at flat index \(bad)") }
-            return .float32(Tensor(shape: shape, scalars: v))
-        case .float64:
-            let v = copyScalars(raw, as: Double.self)
-            if let bad = FiniteCheck.firstNonFinite(v) { throw .invalid(path, "non-finite value \(v[bad]) at flat index \(bad)") }
-            return .float64(Tensor(shape: shape, scalars: v))
+        case .float32: .float32(try typed(raw, shape: shape, at: path, owner: owner))
+        case .float64: .float64(try typed(raw, shape: shape, at: path, owner: owner))
         }
+    }
+
+    private static func typed<T: BLASScalar>(_ raw: UnsafeRawBufferPointer, shape: [Int], at path: String, owner: AnyObject?) throws(GradError) -> Tensor<T> {
+        let t: Tensor<T>
+        // x86-64 and arm64 are little-endian, as the wire format is.
+        if let owner, let base = raw.baseAddress, Int(bitPattern: base) % MemoryLayout<T>.alignment == 0 {
+            let elements = UnsafeBufferPointer(start: base.assumingMemoryBound(to: T.self), count: raw.count / MemoryLayout<T>.size)
+            t = Tensor(shape: shape, borrowing: elements, owner: owner)
+        } else {
+            t = Tensor(shape: shape, scalars: copyScalars(raw, as: T.self))
+        }
+        if let bad = FiniteCheck.firstNonFinite(t) { throw .invalid(path, "non-finite value \(t.withUnsafeBufferPointer { $0[bad] }) at flat index \(bad)") }
+        return t
     }
 
     /// Decodes base64 text straight into the storage of `count` scalars (no intermediate byte

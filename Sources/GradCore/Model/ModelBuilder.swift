@@ -95,7 +95,7 @@ public enum ModelBuilder {
                             place("weight"), "with inputs [\"x\", \"t\"] the first linear layer takes D + 1 ≥ 2 inputs, got shape \(Shape.describe(w.shape))"))
                     ok = false
                 }
-                if let bad = FiniteCheck.firstNonFinite(w.scalars) {
+                if let bad = FiniteCheck.firstNonFinite(w) {
                     issues.append(FieldIssue(place("weight"), "non-finite value at flat index \(bad)"))
                     ok = false
                 }
@@ -106,7 +106,7 @@ public enum ModelBuilder {
                         issues.append(FieldIssue(place("bias"), "expected shape [\(w.shape[0])], got \(Shape.describe(b.shape))"))
                         ok = false
                     }
-                    if let bad = FiniteCheck.firstNonFinite(b.scalars) {
+                    if let bad = FiniteCheck.firstNonFinite(b) {
                         issues.append(FieldIssue(place("bias"), "non-finite value at flat index \(bad)"))
                         ok = false
                     }

@@ -101,7 +101,7 @@ extension Model {
         if outputWidth(d: d) != d {
             throw .invalid(.model(nil), "a velocity field needs as many outputs as x features (D' = D), got D' = \(outputWidth(d: d)), D = \(d)")
         }
-        if let i = FiniteCheck.firstNonFinite(x.scalars) { throw .invalid(.input(.x), "the value at flat index \(i) is not finite") }
+        if let i = FiniteCheck.firstNonFinite(x) { throw .invalid(.input(.x), "the value at flat index \(i) is not finite") }
         return (x.shape[0], d)
     }
 
@@ -131,6 +131,6 @@ extension Model {
     private func velocityAndDivergenceSerial(_ inputs: Inputs<S>, eps: [S], probes k: Int, product: [S]?) throws(GradError) -> ([S], [S]) {
         let tr = try trace(inputs, derivatives: true)
         let div = k == 0 ? try exactTrace(tr, product: product) : try hutchinson(tr, eps: eps, probes: k)
-        return (tr.output, div)
+        return (tr.output.scalars, div)
     }
 }

@@ -40,14 +40,14 @@ public struct Linear<S: BLASScalar>: Sendable, Equatable {
         let out = outFeatures
         let beta: S
         if let bias {
-            bias.scalars.withUnsafeBufferPointer { b in
+            bias.withUnsafeBufferPointer { b in
                 for r in 0..<rows { (y + r * out).update(from: b.baseAddress!, count: out) }
             }
             beta = 1
         } else {
             beta = 0
         }
-        weight.scalars.withUnsafeBufferPointer { w in
+        weight.withUnsafeBufferPointer { w in
             BLAS.gemm(
                 MatrixView(x, rows: rows, cols: inFeatures), MatrixView(w.baseAddress!, rows: out, cols: inFeatures),
                 transposeB: true, into: MutableMatrixView(y, rows: rows, cols: out), beta: beta)
@@ -56,25 +56,25 @@ public struct Linear<S: BLASScalar>: Sendable, Equatable {
 
     /// Forward of a first layer on `[x | t]` without building it: `x W[:, :D]ᵀ + t W[:, D]ᵀ + b`.
     /// Also the JVP rule of `linear ∘ concat` (with `bias: false`, a missing t tangent being zero).
-    func forwardSplit(x: [S], t: [S]?, rows: Int, bias useBias: Bool = true) -> [S] {
+    func forwardSplit(x: Tensor<S>, t: Tensor<S>?, rows: Int, bias useBias: Bool = true) -> [S] {
         let out = outFeatures
         let d = inFeatures - 1
         return [S](unsafeUninitializedCapacity: rows * out) { y, n in
             let yp = y.baseAddress!
             if useBias, let bias {
-                bias.scalars.withUnsafeBufferPointer { b in
+                bias.withUnsafeBufferPointer { b in
                     for r in 0..<rows { (yp + r * out).initialize(from: b.baseAddress!, count: out) }
                 }
             } else {
                 yp.initialize(repeating: 0, count: rows * out)
             }
-            weight.scalars.withUnsafeBufferPointer { w in
+            weight.withUnsafeBufferPointer { w in
                 x.withUnsafeBufferPointer { xp in
                     BLAS.gemm(
                         MatrixView(xp.baseAddress!, rows: rows, cols: d), MatrixView(w.baseAddress!, rows: out, cols: d, stride: inFeatures),
                         transposeB: true, into: MutableMatrixView(yp, rows: rows, cols: out), beta: 1)
                 }
-                t?.withUnsafeBufferPointer { tp in
+                _ = t?.withUnsafeBufferPointer { tp in
                     BLAS.gemm(
                         MatrixView(tp.baseAddress!, rows: rows, cols: 1), MatrixView(w.baseAddress! + d, rows: out, cols: 1, stride: inFeatures),
                         transposeB: true, into: MutableMatrixView(yp, rows: rows, cols: out), beta: 1)
@@ -88,7 +88,7 @@ public struct Linear<S: BLASScalar>: Sendable, Equatable {
     /// of W when the tangent only spans part of the input.
     func jvp(_ tx: MatrixView<S>, into ty: UnsafeMutablePointer<S>, columns: Range<Int>? = nil) {
         let cols = columns ?? 0..<inFeatures
-        weight.scalars.withUnsafeBufferPointer { w in
+        weight.withUnsafeBufferPointer { w in
             BLAS.gemm(
                 tx,
                 MatrixView(w.baseAddress! + cols.lowerBound, rows: outFeatures, cols: cols.count, stride: inFeatures),
@@ -99,7 +99,7 @@ public struct Linear<S: BLASScalar>: Sendable, Equatable {
     /// VJP rule with respect to the input: `X̄ = Ȳ W`, restricted to input columns `columns`,
     /// written with row stride `stride`.
     func vjpInput(_ gy: UnsafePointer<S>, rows: Int, into gx: UnsafeMutablePointer<S>, columns: Range<Int>, stride: Int) {
-        weight.scalars.withUnsafeBufferPointer { w in
+        weight.withUnsafeBufferPointer { w in
             BLAS.gemm(
                 MatrixView(gy, rows: rows, cols: outFeatures),
                 MatrixView(w.baseAddress! + columns.lowerBound, rows: outFeatures, cols: columns.count, stride: inFeatures),

@@ -57,8 +57,8 @@ extension Model {
         let hL = last.inFeatures
         // Pᵀ = W_Lᵀ W_1xᵀ: [hL, h1]; row i is the tangent P e_i.
         var pt = [S](repeating: 0, count: hL * h1)
-        last.weight.scalars.withUnsafeBufferPointer { wl in
-            first.weight.scalars.withUnsafeBufferPointer { w1 in
+        last.weight.withUnsafeBufferPointer { wl in
+            first.weight.withUnsafeBufferPointer { w1 in
                 pt.withUnsafeMutableBufferPointer { p in
                     BLAS.gemm(
                         MatrixView(wl.baseAddress!, rows: d, cols: hL), transposeA: true,

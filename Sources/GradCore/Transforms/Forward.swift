@@ -9,7 +9,6 @@ extension Model {
     }
 
     func forwardSerial(_ inputs: Inputs<S>) throws(GradError) -> Tensor<S> {
-        let tr = try trace(inputs, derivatives: false)
-        return Tensor(shape: [tr.batch, tr.outputWidth], scalars: tr.output)
+        try trace(inputs, derivatives: false).output
     }
 }

@@ -10,8 +10,9 @@ struct ForwardTrace<S: BLASScalar> {
     let layerInputs: [[S]]
     /// `σ'(z)` of activation layer l (`[B, widths[l]]`); nil for linear and identity layers.
     let derivatives: [[S]?]
-    /// The model output `[B, D']`; empty when the trace was taken without outputs.
-    let output: [S]
+    /// The model output `[B, D']` (a ``ResultArena``'s when one is installed); empty when the
+    /// trace was taken without outputs.
+    let output: Tensor<S>
 
     var outputWidth: Int { widths[widths.count - 1] }
 }
@@ -33,14 +34,11 @@ extension Model {
         let d = inputs.width
         let widths = self.widths(d: d)
         if !concatenatedInput, hasT, let t = inputs.t, case .linear(let first) = layers[0], layers.count > 1 || wantOutputs {
-            let y = first.forwardSplit(x: inputs.x.scalars, t: t.scalars, rows: b)
+            let y = first.forwardSplit(x: inputs.x, t: t, rows: b)
             return try trace(from: 1, h: y, firstInput: [], batch: b, d: d, widths: widths, derivatives: wantDerivatives, outputs: wantOutputs)
         }
-        let h: [S] = inputs.x.scalars.withUnsafeBufferPointer { x in
-            if let t = inputs.t {
-                return t.scalars.withUnsafeBufferPointer { Concat.forward(x: x.baseAddress!, t: $0.baseAddress!, rows: b, width: d) }
-            }
-            return Concat.forward(x: x.baseAddress!, t: nil, rows: b, width: d)
+        let h: [S] = inputs.x.withUnsafeBufferPointer { x in
+            withOptionalPointer(inputs.t) { t in Concat.forward(x: x.baseAddress!, t: t, rows: b, width: d) }
         }
         return try trace(from: 0, h: h, firstInput: nil, batch: b, d: d, widths: widths, derivatives: wantDerivatives, outputs: wantOutputs)
     }
@@ -55,14 +53,19 @@ extension Model {
         var derivatives: [[S]?] = firstInput == nil ? [] : [nil]
         layerInputs.reserveCapacity(layers.count)
         derivatives.reserveCapacity(layers.count)
+        var output: Tensor<S>? = nil
         for (l, layer) in layers.enumerated() where l >= start {
             try Cancellation.checkpoint()
             layerInputs.append(h)
             let n = b * widths[l + 1]
+            let last = l == layers.count - 1
             switch layer {
             case .linear(let lin):
                 derivatives.append(nil)
-                if !wantOutputs, l == layers.count - 1 {
+                if last {
+                    if wantOutputs {
+                        output = .result(shape: [b, widths[l + 1]]) { y in h.withUnsafeBufferPointer { lin.forward($0.baseAddress!, rows: b, into: y) } }
+                    }
                     h = []
                     break
                 }
@@ -74,23 +77,31 @@ extension Model {
                 derivatives.append(nil)
             case .activation(let act):
                 var dv: [S]? = nil
-                let y = [S](unsafeUninitializedCapacity: n) { y, count in
+                func apply(into y: UnsafeMutablePointer<S>) {
                     h.withUnsafeBufferPointer { z in
                         if wantDerivatives {
                             dv = [S](unsafeUninitializedCapacity: n) { dd, dc in
-                                act.apply(z.baseAddress!, into: y.baseAddress!, derivative: dd.baseAddress!, count: n)
+                                act.apply(z.baseAddress!, into: y, derivative: dd.baseAddress!, count: n)
                                 dc = n
                             }
                         } else {
-                            act.apply(z.baseAddress!, into: y.baseAddress!, derivative: nil, count: n)
+                            act.apply(z.baseAddress!, into: y, derivative: nil, count: n)
                         }
                     }
-                    count = n
+                }
+                if last, wantOutputs {
+                    output = .result(shape: [b, widths[l + 1]]) { apply(into: $0) }
+                    h = []
+                } else {
+                    h = [S](unsafeUninitializedCapacity: n) { y, count in
+                        apply(into: y.baseAddress!)
+                        count = n
+                    }
                 }
                 derivatives.append(dv)
-                h = y
             }
         }
-        return ForwardTrace(batch: b, d: d, widths: widths, layerInputs: layerInputs, derivatives: derivatives, output: h)
+        let out = output ?? (h.isEmpty ? Tensor(shape: [0], scalars: []) : Tensor(shape: [b, widths[widths.count - 1]], scalars: h))
+        return ForwardTrace(batch: b, d: d, widths: widths, layerInputs: layerInputs, derivatives: derivatives, output: out)
     }
 }

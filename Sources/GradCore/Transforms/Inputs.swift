@@ -45,7 +45,7 @@ extension Model {
 
     /// A finite value can still overflow when cast to float32 (`1e300`); refuse it by name.
     func nonFinite(_ t: Tensor<S>, at place: Place) -> FieldIssue? {
-        guard let i = FiniteCheck.firstNonFinite(t.scalars) else { return nil }
+        guard let i = FiniteCheck.firstNonFinite(t) else { return nil }
         return FieldIssue(place, "the value at flat index \(i) is not finite in \(S.dtype.rawValue) (|v| above \(S.greatestFiniteMagnitude))")
     }
 }

@@ -76,23 +76,23 @@ extension Model {
         let out: [S]
         if hasT, let ux = tangentX, case .linear(let first) = layers[0] {
             // linear ∘ concat fused: no [K·B, D+1] tangent copy.
-            let u1 = first.forwardSplit(x: ux.scalars, t: tangentT?.scalars, rows: rows, bias: false)
+            let u1 = first.forwardSplit(x: ux, t: tangentT, rows: rows, bias: false)
             out = try forwardSweep(tangents: u1, rows: rows, order: .kMajor, trace: tr, from: 1, to: layers.count)
         } else {
-            let seed: [S] = withOptionalPointer(tangentX?.scalars) { ux in
-                withOptionalPointer(tangentT?.scalars) { ut in Concat.jvp(x: ux, t: ut, rows: rows, width: d, hasT: hasT) }
+            let seed: [S] = withOptionalPointer(tangentX) { ux in
+                withOptionalPointer(tangentT) { ut in Concat.jvp(x: ux, t: ut, rows: rows, width: d, hasT: hasT) }
             }
             out = try forwardSweep(tangents: seed, rows: rows, order: .kMajor, trace: tr, from: 0, to: layers.count)
         }
         let dOut = tr.outputWidth
         return JVPResult(
-            outputs: returnOutputs ? Tensor(shape: [b, dOut], scalars: tr.output) : nil,
+            outputs: returnOutputs ? tr.output : nil,
             jvp: Tensor(shape: (kLead > 0 ? [kLead] : []) + [b, dOut], scalars: out))
     }
 }
 
-/// Calls `body` with the base address of `a`, or with nil when `a` is nil.
-func withOptionalPointer<S, R>(_ a: [S]?, _ body: (UnsafePointer<S>?) -> R) -> R {
+/// Calls `body` with the base address of `a`'s elements, or with nil when `a` is nil.
+func withOptionalPointer<S, R>(_ a: Tensor<S>?, _ body: (UnsafePointer<S>?) -> R) -> R {
     guard let a else { return body(nil) }
     return a.withUnsafeBufferPointer { body($0.baseAddress) }
 }

@@ -99,7 +99,7 @@ extension Model {
         }
         if let failure { throw failure }
         return JacobianResult(
-            outputs: Tensor(shape: [b, dOut], scalars: tr.output), x: wrt.contains(.x) ? Tensor(shape: [b, dOut, d], scalars: jx) : nil,
+            outputs: tr.output, x: wrt.contains(.x) ? Tensor(shape: [b, dOut, d], scalars: jx) : nil,
             t: wrt.contains(.t) ? Tensor(shape: [b, dOut], scalars: jt) : nil, mode: .reverse)
     }
 
@@ -114,7 +114,7 @@ extension Model {
         let used = resolve(mode, batch: b, d: d, wantX: wantX, wantT: wantT)
         let tr = try trace(inputs, derivatives: true)
         let dOut = tr.outputWidth
-        var result = JacobianResult(outputs: Tensor(shape: [b, dOut], scalars: tr.output), x: nil, t: nil, mode: used)
+        var result = JacobianResult(outputs: tr.output, x: nil, t: nil, mode: used)
         let (jx, jt) = try used == .reverse ? reverseJacobian(tr) : forwardJacobian(tr, wantX: wantX, wantT: wantT)
         if wantX { result.x = Tensor(shape: [b, dOut, d], scalars: jx!) }
         if wantT { result.t = Tensor(shape: [b, dOut], scalars: jt!) }
@@ -139,8 +139,10 @@ extension Model {
             // e_k · W = W[k, :]: the seed after the last layer is W repeated per sample.
             seed = [S]()
             seed.reserveCapacity(rows * last.inFeatures)
-            let block = last.weight.scalars[(outputs.lowerBound * last.inFeatures)..<(outputs.upperBound * last.inFeatures)]
-            for _ in 0..<b { seed.append(contentsOf: block) }
+            last.weight.withUnsafeBufferPointer { w in
+                let block = w[(outputs.lowerBound * last.inFeatures)..<(outputs.upperBound * last.inFeatures)]
+                for _ in 0..<b { seed.append(contentsOf: block) }
+            }
             top -= 1
             if top == 0 {
                 let split = seed.withUnsafeBufferPointer { Concat.vjp($0.baseAddress!, rows: rows, width: tr.d, hasT: hasT) }
@@ -151,8 +153,9 @@ extension Model {
             for r in 0..<rows { seed[r * fullOut + outputs.lowerBound + r % dOut] = 1 }
         }
         var none: ParameterGradients<S>? = nil
-        let g = try reverseSweep(seed: seed, rows: rows, order: .bMajor, trace: tr, top: top, wantInput: true, params: &none)!
-        return (g.x, g.t)
+        let g = try reverseSweep(
+            seed: Tensor(shape: [seed.count], scalars: seed), rows: rows, order: .bMajor, trace: tr, top: top, wantInput: true, params: &none)!
+        return (g.x.scalars, g.t?.scalars)
     }
 
     /// Forward mode: K = D (+1) identity tangents in `[B, K, …]` order. Through a first linear layer
@@ -171,7 +174,7 @@ extension Model {
             // W e_j = W[:, j]: gather the needed columns of W once, repeat them per sample.
             let out = first.outFeatures
             var block = [S](repeating: 0, count: k * out)
-            first.weight.scalars.withUnsafeBufferPointer { w in
+            first.weight.withUnsafeBufferPointer { w in
                 for (kk, j) in columns.enumerated() {
                     for o in 0..<out { block[kk * out + o] = w[o * d0 + j] }
                 }
@@ -201,7 +204,7 @@ extension Model {
             for bb in 0..<b {
                 let ub = up.baseAddress! + bb * k * width
                 if let last = lastLinear {
-                    last.weight.scalars.withUnsafeBufferPointer { w in
+                    last.weight.withUnsafeBufferPointer { w in
                         let wv = MatrixView(w.baseAddress!, rows: dOut, cols: width)
                         if wantX {
                             jx!.withUnsafeMutableBufferPointer { j in

@@ -49,7 +49,8 @@ public enum Parallel {
     }
 
     /// `body` on every chunk at once; results in chunk order. The first error is rethrown. The
-    /// chunks obey the caller's cancellation token (it is per thread, so it is handed on).
+    /// chunks obey the caller's cancellation token (it is per thread, so it is handed on); they
+    /// never take their results from a ``ResultArena`` (the chunks' results are joined afterwards).
     static func map<R>(_ chunks: [Range<Int>], _ body: (Range<Int>) throws(GradError) -> R) throws(GradError) -> [R] {
         let token = Cancellation.current
         var results = [Result<R, GradError>?](repeating: nil, count: chunks.count)
@@ -57,7 +58,9 @@ public enum Parallel {
             let run: (Range<Int>) -> Result<R, GradError> = { r in
                 let previous = Cancellation.install(token)
                 defer { Cancellation.install(previous) }
-                do throws(GradError) { return .success(try body(r)) } catch { return .failure(error) }
+                return ResultArena.run(nil) { () -> Result<R, GradError> in
+                    do throws(GradError) { return .success(try body(r)) } catch { return .failure(error) }
+                }
             }
             results.withUnsafeMutableBufferPointer { out in
                 // Each iteration writes only its own slot; concurrentPerform returns after all have run.
@@ -73,17 +76,11 @@ public enum Parallel {
 }
 
 extension Tensor {
-    /// Rows `r` of the leading axis.
-    func rows(_ r: Range<Int>) -> Tensor {
-        let width = shape.dropFirst().reduce(1, *)
-        return Tensor(shape: [r.count] + shape.dropFirst(), scalars: Array(scalars[(r.lowerBound * width)..<(r.upperBound * width)]))
-    }
-
     /// Tensors joined along the leading axis.
     static func concatenate(_ parts: [Tensor]) -> Tensor {
         var scalars: [Scalar] = []
         scalars.reserveCapacity(parts.reduce(0) { $0 + $1.count })
-        for p in parts { scalars += p.scalars }
+        for p in parts { p.withUnsafeBufferPointer { scalars += $0 } }
         return Tensor(shape: [parts.reduce(0) { $0 + $1.shape[0] }] + parts[0].shape.dropFirst(), scalars: scalars)
     }
 }

@@ -19,10 +19,11 @@ struct ParameterGradients<S: BLASScalar> {
     }
 }
 
-/// The cotangent of the concatenated input, split into its x part and its t column.
+/// The cotangent of the concatenated input, split into its x part (`[rows, D]`) and its t
+/// column (`[rows]`), flat.
 struct InputCotangent<S: BLASScalar> {
-    var x: [S]
-    var t: [S]?
+    var x: Tensor<S>
+    var t: Tensor<S>?
 }
 
 extension Model {
@@ -30,11 +31,11 @@ extension Model {
     /// `top - 1` back to the input, through one GEMM per linear layer.
     ///
     /// - Parameters:
-    ///   - seed: `[rows, widths[top]]`.
+    ///   - seed: `[rows, widths[top]]` in row-major order (its own shape may split rows into `[K, B]`); read in place, copied only when an activation scales it.
     ///   - wantInput: whether to produce the input cotangent (skip the last GEMM when only parameters are asked).
     ///   - params: when given, parameter cotangents are accumulated per K block.
     func reverseSweep(
-        seed: [S], rows: Int, order: RowOrder, trace: ForwardTrace<S>, top: Int,
+        seed: Tensor<S>, rows: Int, order: RowOrder, trace: ForwardTrace<S>, top: Int,
         wantInput: Bool, params: inout ParameterGradients<S>?
     ) throws(GradError) -> InputCotangent<S>? {
         let b = trace.batch
@@ -59,40 +60,39 @@ extension Model {
                     return wantInput ? splitInputCotangent(lin, g: g, rows: rows, d: trace.d) : nil
                 }
                 let inW = lin.inFeatures
-                g = [S](unsafeUninitializedCapacity: rows * inW) { out, n in
+                let next = [S](unsafeUninitializedCapacity: rows * inW) { out, n in
                     g.withUnsafeBufferPointer { lin.vjpInput($0.baseAddress!, rows: rows, into: out.baseAddress!, columns: 0..<inW, stride: inW) }
                     n = rows * inW
                 }
+                g = Tensor(shape: [rows * inW], scalars: next)
             }
             l -= 1
         }
         guard wantInput else { return nil }
         let split = g.withUnsafeBufferPointer { Concat.vjp($0.baseAddress!, rows: rows, width: trace.d, hasT: hasT) }
-        return InputCotangent(x: split.x, t: split.t)
+        return InputCotangent(x: Tensor(shape: [split.x.count], scalars: split.x), t: split.t.map { Tensor(shape: [$0.count], scalars: $0) })
     }
 
     /// The VJP of the first layer fused with the concat's VJP: `x̄ = Ȳ W[:, :D]` and `t̄ = Ȳ W[:, D]`,
-    /// written straight into their own buffers (no `[rows, D+1]` intermediate and no split copy).
-    private func splitInputCotangent(_ lin: Linear<S>, g: [S], rows: Int, d: Int) -> InputCotangent<S> {
-        let gx = [S](unsafeUninitializedCapacity: rows * d) { out, n in
-            g.withUnsafeBufferPointer { lin.vjpInput($0.baseAddress!, rows: rows, into: out.baseAddress!, columns: 0..<d, stride: d) }
-            n = rows * d
+    /// written straight into their own buffers (no `[rows, D+1]` intermediate and no split copy),
+    /// a ``ResultArena``'s when one is installed: they are answers.
+    private func splitInputCotangent(_ lin: Linear<S>, g: Tensor<S>, rows: Int, d: Int) -> InputCotangent<S> {
+        let gx = Tensor<S>.result(shape: [rows * d]) { out in
+            g.withUnsafeBufferPointer { lin.vjpInput($0.baseAddress!, rows: rows, into: out, columns: 0..<d, stride: d) }
         }
         guard hasT else { return InputCotangent(x: gx, t: nil) }
-        let gt = [S](unsafeUninitializedCapacity: rows) { out, n in
+        let gt = Tensor<S>.result(shape: [rows]) { out in
             g.withUnsafeBufferPointer { gp in
-                lin.weight.scalars.withUnsafeBufferPointer { w in
-                    BLAS.gemv(
-                        MatrixView(gp.baseAddress!, rows: rows, cols: lin.outFeatures), x: w.baseAddress! + d, xStride: lin.inFeatures, into: out.baseAddress!)
+                lin.weight.withUnsafeBufferPointer { w in
+                    BLAS.gemv(MatrixView(gp.baseAddress!, rows: rows, cols: lin.outFeatures), x: w.baseAddress! + d, xStride: lin.inFeatures, into: out)
                 }
             }
-            n = rows
         }
         return InputCotangent(x: gx, t: gt)
     }
 
     private func collectParameterGradients(
-        _ lin: Linear<S>, g: [S], k: Int, order: RowOrder, trace: ForwardTrace<S>, layer l: Int,
+        _ lin: Linear<S>, g: Tensor<S>, k: Int, order: RowOrder, trace: ForwardTrace<S>, layer l: Int,
         into params: inout ParameterGradients<S>?
     ) {
         let b = trace.batch

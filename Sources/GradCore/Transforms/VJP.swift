@@ -65,11 +65,11 @@ extension Model {
         let tr = try trace(inputs, derivatives: true, outputs: returnOutputs, concatenatedInput: wrt.contains(.params))
         var params: ParameterGradients<S>? = wrt.contains(.params) ? ParameterGradients(k: k) : nil
         let wantInput = wrt.contains(.x) || wrt.contains(.t)
-        let g = try reverseSweep(seed: v.scalars, rows: k * b, order: .kMajor, trace: tr, top: layers.count, wantInput: wantInput, params: &params)
+        let g = try reverseSweep(seed: v, rows: k * b, order: .kMajor, trace: tr, top: layers.count, wantInput: wantInput, params: &params)
         let lead = isGradsBatched ? [k] : []
-        var result = VJPResult<S>(outputs: returnOutputs ? Tensor(shape: [b, dOut], scalars: tr.output) : nil, x: nil, t: nil, params: [])
-        if wrt.contains(.x), let g { result.x = Tensor(shape: lead + [b, inputs.width], scalars: g.x) }
-        if wrt.contains(.t), let gt = g?.t { result.t = Tensor(shape: lead + [b], scalars: gt) }
+        var result = VJPResult<S>(outputs: returnOutputs ? tr.output : nil, x: nil, t: nil, params: [])
+        if wrt.contains(.x), let g { result.x = g.x.reshaped(lead + [b, inputs.width]) }
+        if wrt.contains(.t), let gt = g?.t { result.t = gt.reshaped(lead + [b]) }
         if let params {
             result.params = params.order.map { name in
                 let (shape, scalars) = params.values[name]!

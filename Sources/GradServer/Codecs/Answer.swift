@@ -23,6 +23,8 @@ struct Answer: Sendable {
     }
 
     var fields: [(path: [String], value: Value)] = []
+    /// The body buffer the tensors were computed into, if any (safetensors answers).
+    var arena: AnswerArena?
 
     mutating func add(_ path: String..., tensor: AnyTensor?) {
         if let tensor { fields.append((path, .tensor(tensor))) }
@@ -54,8 +56,9 @@ struct Answer: Sendable {
         case .safetensors:
             let data = tensorFields
             let metadata = Self.metadata(fields + trailer().fields)
-            // One copy of the tensor bytes, straight into the body.
             let header = Safetensors.header(data, metadata: metadata)
+            if let body = arena?.body(header: header, tensors: data) { return (body, "application/octet-stream") }
+            // One copy of the tensor bytes, straight into the body.
             var body = ByteBufferAllocator().buffer(capacity: header.count + data.reduce(0) { $0 + $1.tensor.byteCount })
             body.writeBytes(header)
             for (_, t) in data { body.writeTensor(t) }
@@ -147,8 +150,64 @@ extension ByteBuffer {
     /// Appends a tensor's little-endian bytes (a safetensors body's data, whole or streamed).
     mutating func writeTensor(_ t: AnyTensor) {
         switch t {
-        case .float32(let f): f.scalars.withUnsafeBytes { _ = writeBytes($0) }
-        case .float64(let d): d.scalars.withUnsafeBytes { _ = writeBytes($0) }
+        case .float32(let f): f.withUnsafeBytes { _ = writeBytes($0) }
+        case .float64(let d): d.withUnsafeBytes { _ = writeBytes($0) }
+        }
+    }
+}
+
+/// The body buffer of a safetensors answer, lent to the computation before it runs
+/// (``ResultArena``): the transforms write the answer's tensors into its data section, and the
+/// encoder then writes the file's header in the room left in front of them, so the answer is
+/// sent from where it was computed, never copied. The encoder checks that the answer's tensors
+/// are exactly the arena's, in order; otherwise (an answer with other tensors, row chunks
+/// computed at once, a header that does not fit) it copies as before.
+final class AnswerArena: @unchecked Sendable {
+    /// Room for the header: 8 bytes of length and the JSON (a forward's or VJP's is ~0.5 kB).
+    static let headroom = 4096
+
+    let results: ResultArena
+    /// Holds the memory; never written through after its creation (the arena's pointer is).
+    private let buffer: ByteBuffer
+
+    /// An arena for `bytes` bytes of answer tensors.
+    init(bytes: Int) {
+        var buffer = ByteBufferAllocator().buffer(capacity: Self.headroom + bytes)
+        buffer.moveWriterIndex(to: Self.headroom + bytes)
+        // The pointer outlives the closure: `buffer` is kept, uniquely, and never written again.
+        let base = buffer.withUnsafeMutableReadableBytes { $0.baseAddress! }
+        self.buffer = buffer
+        results = ResultArena(base: base + Self.headroom, capacity: bytes, owner: Self.Keeper(buffer))
+    }
+
+    /// Keeps the buffer's storage alive while a tensor borrows it.
+    private final class Keeper: @unchecked Sendable {
+        let buffer: ByteBuffer
+        init(_ buffer: ByteBuffer) { self.buffer = buffer }
+    }
+
+    /// The whole safetensors body without copying the tensors, or nil when `tensors` are not
+    /// exactly the arena's (all of it, in order) or `header` does not fit in front.
+    func body(header: [UInt8], tensors: [(name: String, tensor: AnyTensor)]) -> ByteBuffer? {
+        var cursor = results.base
+        for (_, t) in tensors {
+            let (start, bytes) = t.bytes
+            guard start == UnsafeRawPointer(cursor) else { return nil }
+            cursor += bytes
+        }
+        guard cursor == results.base + results.used, header.count <= Self.headroom else { return nil }
+        let start = Self.headroom - header.count
+        header.withUnsafeBytes { (results.base - header.count).copyMemory(from: $0.baseAddress!, byteCount: header.count) }
+        return buffer.getSlice(at: start, length: header.count + results.used)
+    }
+}
+
+extension AnyTensor {
+    /// Where the elements start and how many bytes they take.
+    fileprivate var bytes: (start: UnsafeRawPointer?, count: Int) {
+        switch self {
+        case .float32(let f): f.withUnsafeBytes { ($0.baseAddress, $0.count) }
+        case .float64(let d): d.withUnsafeBytes { ($0.baseAddress, $0.count) }
         }
     }
 }

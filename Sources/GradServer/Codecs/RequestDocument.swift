@@ -30,7 +30,11 @@ struct RequestDocument: Sendable {
             }
             return RequestDocument(object: o)
         case "application/octet-stream":
-            let file = try body.withUnsafeReadableBytes { try Safetensors.read($0) }
+            // The tensors borrow the body's memory (aligned ones; the others are copied): holding
+            // the body's storage keeps it alive, and NIO copies a storage held twice before writing.
+            let file = try body.withUnsafeReadableBytesWithStorageManagement { bytes, storage in
+                try Safetensors.read(bytes, owner: storage.takeUnretainedValue())
+            }
             var object = JSONObject()
             if let text = file.metadata["request"] {
                 guard case .object(let o) = try JSONParser.parse(text) else {

@@ -68,10 +68,20 @@ struct OperationRunner: Sendable {
             AnyModel.Arguments(x: try doc.requiredTensor("inputs.x"), t: try doc.tensor("inputs.t"))
         }
         var answer = Answer()
+        let byteCount = model.dtype.byteCount
+        let dOut = model.outputWidth(d: d)
+        /// Runs `compute` with the answer's tensors (`elements` in all) written into its body when
+        /// that is safetensors.
+        func intoBody<R>(elements: Int, _ compute: () throws -> R) throws -> R {
+            guard encoding == .safetensors else { return try compute() }
+            answer.arena = AnswerArena(bytes: elements * byteCount)
+            return try ResultArena.run(answer.arena?.results) { try compute() }
+        }
         switch op {
         case .forward:
             try admit(.forward, path: "outputs")
-            answer.add("outputs", tensor: try model.forward(arguments()))
+            let args = try arguments()
+            answer.add("outputs", tensor: try intoBody(elements: b * dOut) { try model.forward(args) })
         case .vjp:
             let batched = try doc.bool("is_grads_batched", default: false)
             let wrt = Set(try doc.subset("wrt", model.hasT ? ["x", "t", "params"] : ["x", "params"], default: ["x"]).compactMap(GradTarget.init))
@@ -80,7 +90,10 @@ struct OperationRunner: Sendable {
             try admit(.vjp(k: batched ? (vs.first ?? 1) : 1, wrt: wrt, returnOutputs: returnOutputs), path: "grads")
             let args = try arguments()
             let v = try doc.requiredTensor("grad_outputs")
-            let r = try model.vjp(args, gradOutputs: v, isGradsBatched: batched, wrt: wrt, returnOutputs: returnOutputs)
+            // The tensors the sweep produces in answer order: outputs, x̄, t̄ (K of each when K-batched).
+            let k = batched ? (vs.first ?? 1) : 1
+            let fast = (returnOutputs ? b * dOut : 0) + (wrt.contains(.x) ? k * b * d : 0) + (wrt.contains(.t) && model.hasT ? k * b : 0)
+            let r = try intoBody(elements: fast) { try model.vjp(args, gradOutputs: v, isGradsBatched: batched, wrt: wrt, returnOutputs: returnOutputs) }
             answer.add("outputs", tensor: r.outputs)
             answer.add("grads", "x", tensor: r.x)
             answer.add("grads", "t", tensor: r.t)
@@ -102,7 +115,6 @@ struct OperationRunner: Sendable {
         case .jacobian:
             let wrt = Set(try doc.subset("wrt", model.hasT ? ["x", "t"] : ["x"], default: ["x"]).compactMap(GradTarget.init))
             let mode = JacobianMode(rawValue: try doc.choice("mode", JacobianMode.allCases.map(\.rawValue), default: "auto"))!
-            let dOut = model.outputWidth(d: d)
             if JacobianStream.applies(encoding: encoding, wrt: wrt, batch: b, d: d, dOut: dOut, dtype: model.dtype) {
                 // The whole answer against the output and FLOP limits; memory for one block at a
                 // time (its working set, the block being written, the small tensors held to the end).

@@ -110,8 +110,8 @@ enum TesseractArrays {
     private static func finite(_ t: AnyTensor, at path: String) throws(GradError) -> AnyTensor {
         let bad: Int?
         switch t {
-        case .float32(let f): bad = f.count == 0 ? nil : FiniteCheck.firstNonFinite(f.scalars)
-        case .float64(let d): bad = d.count == 0 ? nil : FiniteCheck.firstNonFinite(d.scalars)
+        case .float32(let f): bad = f.count == 0 ? nil : FiniteCheck.firstNonFinite(f)
+        case .float64(let d): bad = d.count == 0 ? nil : FiniteCheck.firstNonFinite(d)
         }
         if let bad { throw .invalid(path, "non-finite value at flat index \(bad)") }
         return t
@@ -134,8 +134,8 @@ enum TesseractArrays {
         switch (t, format) {
         case (.float32(let f), .json): w.nested(f)
         case (.float64(let d), .json): w.nested(d)
-        case (.float32(let f), .jsonBase64): w.base64String(f.scalars)
-        case (.float64(let d), .jsonBase64): w.base64String(d.scalars)
+        case (.float32(let f), .jsonBase64): w.base64String(f)
+        case (.float64(let d), .jsonBase64): w.base64String(d)
         }
         w.key("encoding")
         w.string(format == .json ? "json" : "base64")

@@ -160,7 +160,7 @@ struct TesseractEndpoints {
         func expand<S: BLASScalar>(_ p: Tensor<S>) -> Tensor<S> {
             let width = c ?? 1
             var out = [S](repeating: 0, count: b * r * b * width)
-            p.scalars.withUnsafeBufferPointer { src in
+            p.withUnsafeBufferPointer { src in
                 out.withUnsafeMutableBufferPointer { dst in
                     for s in 0..<b {
                         for i in 0..<r {
