@@ -2,17 +2,17 @@
 /// bits that the compiler vectorizes, then a scalar search only when something is wrong.
 public enum FiniteCheck {
     /// The flat index of the first NaN or infinity, or nil.
-    public static func firstNonFinite<S: BLASScalar>(_ a: [S]) -> Int? {
+    @inlinable public static func firstNonFinite<S: BLASScalar>(_ a: [S]) -> Int? {
         a.withUnsafeBufferPointer { firstNonFinite($0) }
     }
 
     /// The flat index of the first NaN or infinity of a tensor (borrowed or not), or nil.
-    public static func firstNonFinite<S: BLASScalar>(_ t: Tensor<S>) -> Int? {
+    @inlinable public static func firstNonFinite<S: BLASScalar>(_ t: Tensor<S>) -> Int? {
         t.withUnsafeBufferPointer { firstNonFinite($0) }
     }
 
     /// The flat index of the first NaN or infinity, or nil.
-    public static func firstNonFinite<S: BLASScalar>(_ p: UnsafeBufferPointer<S>) -> Int? {
+    @inlinable public static func firstNonFinite<S: BLASScalar>(_ p: UnsafeBufferPointer<S>) -> Int? {
         guard let base = p.baseAddress else { return nil }
         let allFinite: Bool
         if S.self == Float.self {
