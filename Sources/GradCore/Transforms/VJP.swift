@@ -36,7 +36,9 @@ extension Model {
             var params = parts[0].params
             for part in parts.dropFirst() {
                 for (i, (_, g)) in part.params.enumerated() {
-                    for j in g.scalars.indices { params[i].grad.scalars[j] += g.scalars[j] }
+                    g.withUnsafeBufferPointer { src in
+                        params[i].grad.withUnsafeMutableBufferPointer { dst in for j in dst.indices { dst[j] += src[j] } }
+                    }
                 }
             }
             return VJPResult(
