@@ -69,6 +69,36 @@ struct AnswerArenaTests {
         }
     }
 
+    @Test("a reverse-mode Jacobian's outputs and J (of x, of t, or both) are sent from where they were computed")
+    func jacobian() throws {
+        let (b, d) = (3, 6)
+        for wrt: Set<GradTarget> in [[.x], [.t], [.x, .t]] {
+            let elements = b * d + (wrt.contains(.x) ? b * d * d : 0) + (wrt.contains(.t) ? b * d : 0)
+            let arena = AnswerArena(bytes: elements * 4)
+            let r = try ResultArena.run(arena.results) { () throws(GradError) in try model.jacobian(inputs, wrt: wrt, mode: .reverse) }
+            let plain = try model.jacobian(inputs, wrt: wrt, mode: .reverse)
+            #expect(r.outputs == plain.outputs && r.x == plain.x && r.t == plain.t)
+            var answer = Answer()
+            answer.arena = arena
+            answer.add("outputs", tensor: .float32(r.outputs))
+            answer.add("jacobian", "x", tensor: r.x.map(AnyTensor.init))
+            answer.add("jacobian", "t", tensor: r.t.map(AnyTensor.init))
+            answer.add("mode", string: r.mode.rawValue)
+            let (body, copy) = bodies(answer)
+            #expect(body == copy)
+            #expect(inside(r.outputs, body) && r.x.map { inside($0, body) } ?? true && r.t.map { inside($0, body) } ?? true, "\(wrt)")
+        }
+        // Forward mode builds J in its own order: copied.
+        let arena = AnswerArena(bytes: (b * d + b * d * d) * 4)
+        let f = try ResultArena.run(arena.results) { () throws(GradError) in try model.jacobian(inputs, wrt: [.x], mode: .forward) }
+        var answer = Answer()
+        answer.arena = arena
+        answer.add("outputs", tensor: .float32(f.outputs))
+        answer.add("jacobian", "x", tensor: f.x.map(AnyTensor.init))
+        let (body, copy) = bodies(answer)
+        #expect(body == copy && !inside(f.x!, body))
+    }
+
     @Test("other answers are copied: a tensor of their own, a different order, an arena too small, row chunks")
     func fallbacks() throws {
         let v = Tensor<Float>(shape: [3, 6], scalars: (0..<18).map { Float($0) / 9 })

@@ -115,7 +115,14 @@ extension Model {
         let tr = try trace(inputs, derivatives: true)
         let dOut = tr.outputWidth
         var result = JacobianResult(outputs: tr.output, x: nil, t: nil, mode: used)
-        let (jx, jt) = try used == .reverse ? reverseJacobian(tr) : forwardJacobian(tr, wantX: wantX, wantT: wantT)
+        if used == .reverse {
+            // The sweep's x̄ and t̄ are the answer (a ``ResultArena``'s when one is installed).
+            let (jx, jt) = try reverseJacobianTensors(tr, outputs: 0..<dOut)
+            if wantX { result.x = jx.reshaped([b, dOut, d]) }
+            if wantT { result.t = jt!.reshaped([b, dOut]) }
+            return result
+        }
+        let (jx, jt) = try forwardJacobian(tr, wantX: wantX, wantT: wantT)
         if wantX { result.x = Tensor(shape: [b, dOut, d], scalars: jx!) }
         if wantT { result.t = Tensor(shape: [b, dOut], scalars: jt!) }
         return result
@@ -127,8 +134,14 @@ extension Model {
         try reverseJacobian(tr, outputs: 0..<tr.outputWidth)
     }
 
-    /// Rows `outputs` of every sample's Jacobian (`[B, K, D]` with K = outputs.count).
+    /// Rows `outputs` of every sample's Jacobian (`[B, K, D]` with K = outputs.count), as arrays.
     func reverseJacobian(_ tr: ForwardTrace<S>, outputs: Range<Int>) throws(GradError) -> (x: [S]?, t: [S]?) {
+        let (x, t) = try reverseJacobianTensors(tr, outputs: outputs)
+        return (x.scalars, t?.scalars)
+    }
+
+    /// Rows `outputs` of every sample's Jacobian, flat: x̄ `[B·K·D]` and t̄ `[B·K]` when the model takes t.
+    func reverseJacobianTensors(_ tr: ForwardTrace<S>, outputs: Range<Int>) throws(GradError) -> (x: Tensor<S>, t: Tensor<S>?) {
         let b = tr.batch
         let dOut = outputs.count
         let fullOut = tr.outputWidth
@@ -146,7 +159,7 @@ extension Model {
             top -= 1
             if top == 0 {
                 let split = seed.withUnsafeBufferPointer { Concat.vjp($0.baseAddress!, rows: rows, width: tr.d, hasT: hasT) }
-                return (split.x, split.t)
+                return (Tensor(shape: [split.x.count], scalars: split.x), split.t.map { Tensor(shape: [$0.count], scalars: $0) })
             }
         } else {
             seed = [S](repeating: 0, count: rows * fullOut)
@@ -155,7 +168,7 @@ extension Model {
         var none: ParameterGradients<S>? = nil
         let g = try reverseSweep(
             seed: Tensor(shape: [seed.count], scalars: seed), rows: rows, order: .bMajor, trace: tr, top: top, wantInput: true, params: &none)!
-        return (g.x.scalars, g.t?.scalars)
+        return (g.x, g.t)
     }
 
     /// Forward mode: K = D (+1) identity tangents in `[B, K, …]` order. Through a first linear layer

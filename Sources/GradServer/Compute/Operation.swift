@@ -130,7 +130,16 @@ struct OperationRunner: Sendable {
                 return .stream(JacobianStream(model: model, args: try arguments(), wrt: wrt, mode: resolved, returnOutputs: returnOutputs, d: d, dOut: dOut))
             }
             try admit(.jacobian(wrt: wrt, mode: mode, returnOutputs: returnOutputs), path: "jacobian")
-            let r = try model.jacobian(arguments(), wrt: wrt, mode: mode)
+            let args = try arguments()
+            // A reverse sweep produces the outputs, then x̄ and t̄: the answer, in its order, when
+            // the outputs are part of it.
+            let r: AnyModel.Jacobian
+            if returnOutputs {
+                let fast = b * dOut + (wrt.contains(.x) ? b * dOut * d : 0) + (wrt.contains(.t) ? b * dOut : 0)
+                r = try intoBody(elements: fast) { try model.jacobian(args, wrt: wrt, mode: mode) }
+            } else {
+                r = try model.jacobian(args, wrt: wrt, mode: mode)
+            }
             if returnOutputs { answer.add("outputs", tensor: r.outputs) }
             answer.add("jacobian", "x", tensor: r.x)
             answer.add("jacobian", "t", tensor: r.t)
