@@ -33,7 +33,7 @@ struct AnswerArenaTests {
 
     @Test("a forward's outputs are sent from where they were computed")
     func forward() throws {
-        let arena = AnswerArena(bytes: 3 * 6 * 4)
+        let arena = try #require(AnswerArena.make(bytes: 3 * 6 * 4))
         let y = try ResultArena.run(arena.results) { () throws(GradError) in try model.forward(inputs) }
         #expect(y.isBorrowed)
         #expect(y == (try model.forward(inputs)))
@@ -51,7 +51,7 @@ struct AnswerArenaTests {
     func vjp() throws {
         for k in [1, 2] {
             let v = Tensor<Float>(shape: k == 1 ? [3, 6] : [k, 3, 6], scalars: (0..<(k * 18)).map { Float($0 % 7) - 3 })
-            let arena = AnswerArena(bytes: (3 * 6 + k * 3 * 6 + k * 3) * 4)
+            let arena = try #require(AnswerArena.make(bytes: (3 * 6 + k * 3 * 6 + k * 3) * 4))
             let r = try ResultArena.run(arena.results) { () throws(GradError) in
                 try model.vjp(inputs, gradOutputs: v, isGradsBatched: k > 1, wrt: [.x, .t])
             }
@@ -74,7 +74,7 @@ struct AnswerArenaTests {
         let (b, d) = (3, 6)
         for wrt: Set<GradTarget> in [[.x], [.t], [.x, .t]] {
             let elements = b * d + (wrt.contains(.x) ? b * d * d : 0) + (wrt.contains(.t) ? b * d : 0)
-            let arena = AnswerArena(bytes: elements * 4)
+            let arena = try #require(AnswerArena.make(bytes: elements * 4))
             let r = try ResultArena.run(arena.results) { () throws(GradError) in try model.jacobian(inputs, wrt: wrt, mode: .reverse) }
             let plain = try model.jacobian(inputs, wrt: wrt, mode: .reverse)
             #expect(r.outputs == plain.outputs && r.x == plain.x && r.t == plain.t)
@@ -89,7 +89,7 @@ struct AnswerArenaTests {
             #expect(inside(r.outputs, body) && r.x.map { inside($0, body) } ?? true && r.t.map { inside($0, body) } ?? true, "\(wrt)")
         }
         // Forward mode builds J in its own order: copied.
-        let arena = AnswerArena(bytes: (b * d + b * d * d) * 4)
+        let arena = try #require(AnswerArena.make(bytes: (b * d + b * d * d) * 4))
         let f = try ResultArena.run(arena.results) { () throws(GradError) in try model.jacobian(inputs, wrt: [.x], mode: .forward) }
         var answer = Answer()
         answer.arena = arena
@@ -103,7 +103,7 @@ struct AnswerArenaTests {
     func fallbacks() throws {
         let v = Tensor<Float>(shape: [3, 6], scalars: (0..<18).map { Float($0) / 9 })
         // Parameter gradients are arrays: the body is copied whole.
-        let arena = AnswerArena(bytes: (18 + 18 + 3) * 4)
+        let arena = try #require(AnswerArena.make(bytes: (18 + 18 + 3) * 4))
         let r = try ResultArena.run(arena.results) { () throws(GradError) in try model.vjp(inputs, gradOutputs: v, wrt: [.x, .t, .params]) }
         var answer = Answer()
         answer.arena = arena
@@ -122,11 +122,11 @@ struct AnswerArenaTests {
         (body, copy) = bodies(swapped)
         #expect(body == copy && !inside(r.x!, body))
         // Too small: the outputs fit, x̄ does not and is an array.
-        let small = AnswerArena(bytes: 18 * 4 + 4)
+        let small = try #require(AnswerArena.make(bytes: 18 * 4 + 4))
         let s = try ResultArena.run(small.results) { () throws(GradError) in try model.vjp(inputs, gradOutputs: v, wrt: [.x]) }
         #expect(s.outputs!.isBorrowed && !s.x!.isBorrowed)
         // Row chunks computed at once never take from the arena.
-        let chunked = AnswerArena(bytes: 18 * 4)
+        let chunked = try #require(AnswerArena.make(bytes: 18 * 4))
         let y = try Parallel.run(threads: 2) { () throws(GradError) in
             try ResultArena.run(chunked.results) { () throws(GradError) in try model.forward(inputs) }
         }

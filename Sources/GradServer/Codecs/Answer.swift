@@ -170,14 +170,20 @@ final class AnswerArena: @unchecked Sendable {
     /// Holds the memory; never written through after its creation (the arena's pointer is).
     private let buffer: ByteBuffer
 
-    /// An arena for `bytes` bytes of answer tensors.
-    init(bytes: Int) {
+    /// An arena for `bytes` bytes of answer tensors, or nil when the buffer's memory is not
+    /// 16-byte aligned (malloc's always is; the answer is then computed into arrays and copied).
+    static func make(bytes: Int) -> AnswerArena? {
         var buffer = ByteBufferAllocator().buffer(capacity: Self.headroom + bytes)
         buffer.moveWriterIndex(to: Self.headroom + bytes)
         // The pointer outlives the closure: `buffer` is kept, uniquely, and never written again.
         let base = buffer.withUnsafeMutableReadableBytes { $0.baseAddress! }
+        guard Int(bitPattern: base) % 16 == 0 else { return nil }
+        return AnswerArena(buffer: buffer, base: base)
+    }
+
+    private init(buffer: ByteBuffer, base: UnsafeMutableRawPointer) {
         self.buffer = buffer
-        results = ResultArena(base: base + Self.headroom, capacity: bytes, owner: Self.Keeper(buffer))
+        results = ResultArena(base: base + Self.headroom, capacity: buffer.readableBytes - Self.headroom, owner: Self.Keeper(buffer))
     }
 
     /// Keeps the buffer's storage alive while a tensor borrows it.

@@ -74,7 +74,7 @@ struct OperationRunner: Sendable {
         /// that is safetensors.
         func intoBody<R>(elements: Int, _ compute: () throws -> R) throws -> R {
             guard encoding == .safetensors else { return try compute() }
-            answer.arena = AnswerArena(bytes: elements * byteCount)
+            answer.arena = AnswerArena.make(bytes: elements * byteCount)
             return try ResultArena.run(answer.arena?.results) { try compute() }
         }
         switch op {
