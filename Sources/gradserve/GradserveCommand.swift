@@ -52,7 +52,7 @@ struct ServeCommand: AsyncParsableCommand {
     static let configuration = CommandConfiguration(commandName: "serve", abstract: "Run the HTTP service.")
 
     @Option(help: "Interface to bind (0.0.0.0 for every interface).") var host = "127.0.0.1"
-    @Option(help: "Port to listen on.") var port = 8080
+    @Option(parsing: .unconditional, help: "Port to listen on.") var port = 8080
     @Option(help: "Directory where registered models persist.") var dataDir = "./data"
     @Option(
         help: ArgumentHelp(
@@ -60,33 +60,40 @@ struct ServeCommand: AsyncParsableCommand {
             discussion: "Every replica started with the same directory serves the same models by the same ids; a bad file stops the start."))
     var modelsDir: String?
     @Option(help: "Bearer token required on /v1/* (default: $GRADSERVE_API_KEY; none when unset).") var apiKey: String?
-    @Option(help: "Largest request body in bytes (K, M, G suffixes: KiB, MiB, GiB).", transform: ByteSize.parse) var maxBodyBytes = 256 << 20
-    @Option(help: "Largest answer in numbers (refused with 422 before computing).") var maxOutputElements = 1 << 24
+    @Option(parsing: .unconditional, help: "Largest request body in bytes (K, M, G suffixes: KiB, MiB, GiB).", transform: ByteSize.parse) var maxBodyBytes =
+        256 << 20
+    @Option(parsing: .unconditional, help: "Largest answer in numbers (refused with 422 before computing).") var maxOutputElements = 1 << 24
     @Option(
+        parsing: .unconditional,
         help: "Bytes one request may hold at its peak: body, tensors, hidden layers, answer (422 above; default 1G, or --memory-limit when smaller).",
         transform: ByteSize.parse)
     var maxRequestMemory: Int?
-    @Option(help: "GFLOP one request may compute (422 above).") var maxRequestGflop = 1000.0
-    @Option(help: "Layers a posted model may have (422 above).") var maxLayers = 1024
-    @Option(help: "Bytes all requests together may hold; what does not fit gets 503 (default: 80% of the cgroup limit or of RAM).", transform: ByteSize.parse)
+    @Option(parsing: .unconditional, help: "GFLOP one request may compute (422 above).") var maxRequestGflop = 1000.0
+    @Option(parsing: .unconditional, help: "Layers a posted model may have (422 above).") var maxLayers = 1024
+    @Option(
+        parsing: .unconditional, help: "Bytes all requests together may hold; what does not fit gets 503 (default: 80% of the cgroup limit or of RAM).",
+        transform: ByteSize.parse)
     var memoryLimit: Int?
-    @Option(help: "Requests computed at once (default: the number of cores).") var workers: Int?
-    @Option(help: "Requests that may wait for a worker before 503.") var maxQueued = 64
-    @Option(help: "Seconds a request may take before 504 (its computation stops then).") var deadline = 60.0
-    @Option(help: "Seconds a client has to send a whole body after the request head (408 after).") var bodyTimeout = 30.0
-    @Option(help: "Seconds an answer may wait for the client to read it before the connection is closed.") var writeTimeout = 60.0
-    @Option(help: "Open connections at most; more are closed at once.") var maxConnections = 1024
+    @Option(parsing: .unconditional, help: "Requests computed at once (default: the number of cores).") var workers: Int?
+    @Option(parsing: .unconditional, help: "Requests that may wait for a worker before 503.") var maxQueued = 64
+    @Option(parsing: .unconditional, help: "Seconds a request may take before 504 (its computation stops then).") var deadline = 60.0
+    @Option(parsing: .unconditional, help: "Seconds a client has to send a whole body after the request head (408 after).") var bodyTimeout = 30.0
+    @Option(parsing: .unconditional, help: "Seconds an answer may wait for the client to read it before the connection is closed.") var writeTimeout = 60.0
+    @Option(parsing: .unconditional, help: "Open connections at most; more are closed at once.") var maxConnections = 1024
     @Option(help: "Browser origin allowed to call the API (repeatable, or comma-separated; * for any). Requests with another Origin get 403.")
     var allowOrigin: [String] = []
     @Option(help: "Host names the server answers to (repeatable, or comma-separated; default any), against DNS rebinding.")
     var allowedHosts: [String] = []
-    @Option(help: "Models the registry may hold.") var maxModels = 10_000
-    @Option(help: "Bytes the registry's model files may take together.", transform: ByteSize.parse) var maxRegistryBytes = 4 << 30
-    @Option(help: "OpenBLAS threads per call. 1 (default) runs requests in parallel; with --workers 1, the core count gives one call all cores.")
+    @Option(parsing: .unconditional, help: "Models the registry may hold.") var maxModels = 10_000
+    @Option(parsing: .unconditional, help: "Bytes the registry's model files may take together.", transform: ByteSize.parse) var maxRegistryBytes = 4 << 30
+    @Option(
+        parsing: .unconditional,
+        help: "OpenBLAS threads per call. 1 (default) runs requests in parallel; with --workers 1, the core count gives one call all cores.")
     var blasThreads = 1
-    @Option(help: "Cores for one request: its rows are split across them, one OpenBLAS thread each (with --workers 1, the core count).")
+    @Option(
+        parsing: .unconditional, help: "Cores for one request: its rows are split across them, one OpenBLAS thread each (with --workers 1, the core count).")
     var threadsPerRequest = 1
-    @Option(help: "Longest run of one /v1/benchmark request, in seconds.") var benchmarkMaxSeconds = 30.0
+    @Option(parsing: .unconditional, help: "Longest run of one /v1/benchmark request, in seconds.") var benchmarkMaxSeconds = 30.0
     @Option(help: "PEM certificate chain; with --tls-key the server speaks HTTPS only.") var tlsCert: String?
     @Option(help: "PEM private key for --tls-cert.") var tlsKey: String?
 
@@ -223,7 +230,7 @@ struct FloorCommand: AsyncParsableCommand {
         abstract: "Serve the transport floor: the same HTTP stack, no computation (answers stored with PUT /floor/{key}); for bench/transport.py.")
 
     @Option(help: "Interface to bind.") var host = "127.0.0.1"
-    @Option(help: "Port to listen on (0: any free port).") var port = 8081
+    @Option(parsing: .unconditional, help: "Port to listen on (0: any free port).") var port = 8081
 
     func validate() throws {
         guard (0...65535).contains(port) else { throw ValidationError("--port must be in 0...65535, got \(port)") }
@@ -248,11 +255,11 @@ struct BenchCommand: ParsableCommand {
         commandName: "bench",
         abstract: "Print a timing report: the seed's nn.Linear(1000, 1000) loop and the ToyMLP cells.")
 
-    @Option(help: "Timed iterations per ToyMLP workload.") var iterations = 50
-    @Option(help: "Iterations of the seed nn.Linear(1000, 1000) loop.") var seedIterations = 500
-    @Option(help: "Iterations of the one-row-at-a-time Jacobian loop.") var rowloopIterations = 3
-    @Option(help: "Cores for one computation: rows split across them, one OpenBLAS thread each.") var threads = 1
-    @Option(help: "Stop a workload after this many seconds (at least 3 iterations run).") var maxSeconds: Double?
+    @Option(parsing: .unconditional, help: "Timed iterations per ToyMLP workload.") var iterations = 50
+    @Option(parsing: .unconditional, help: "Iterations of the seed nn.Linear(1000, 1000) loop.") var seedIterations = 500
+    @Option(parsing: .unconditional, help: "Iterations of the one-row-at-a-time Jacobian loop.") var rowloopIterations = 3
+    @Option(parsing: .unconditional, help: "Cores for one computation: rows split across them, one OpenBLAS thread each.") var threads = 1
+    @Option(parsing: .unconditional, help: "Stop a workload after this many seconds (at least 3 iterations run).") var maxSeconds: Double?
     @Option(help: "Run only workloads whose name contains this (repeatable).") var only: [String] = []
     @Flag(help: "Print the report as JSON.") var json = false
 
