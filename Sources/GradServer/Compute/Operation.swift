@@ -71,9 +71,10 @@ struct OperationRunner: Sendable {
         let byteCount = model.dtype.byteCount
         let dOut = model.outputWidth(d: d)
         /// Runs `compute` with the answer's tensors (`elements` in all) written into its body when
-        /// that is safetensors.
+        /// that is safetensors. Not with row chunks (`--threads-per-request` above 1): they never
+        /// use an arena, which would then only hold memory the plan did not count.
         func intoBody<R>(elements: Int, _ compute: () throws -> R) throws -> R {
-            guard encoding == .safetensors else { return try compute() }
+            guard encoding == .safetensors, Parallel.threads <= 1 else { return try compute() }
             answer.arena = AnswerArena.make(bytes: elements * byteCount)
             return try ResultArena.run(answer.arena?.results) { try compute() }
         }
