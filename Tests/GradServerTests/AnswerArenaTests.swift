@@ -99,6 +99,25 @@ struct AnswerArenaTests {
         #expect(body == copy && !inside(f.x!, body))
     }
 
+    @Test("a parsed safetensors body's tensors borrow it, and keep their values whatever is done to the buffer after")
+    func parsedBodyBorrows() throws {
+        let x = Tensor<Float>(shape: [3, 6], scalars: (0..<18).map { Float($0) / 4 - 2 })
+        var buffer = ByteBuffer(bytes: Safetensors.write([("inputs.x", .float32(x))], metadata: [("request", "{}")]))
+        let doc = try RequestDocument.parse(buffer, contentType: "application/octet-stream")
+        guard case .float32(let got)? = doc.binary["inputs.x"] else {
+            Issue.record("no float32 inputs.x")
+            return
+        }
+        #expect(got.isBorrowed && got == x)
+        // Writes to the buffer copy its storage first (the tensor holds it); a new buffer is another storage.
+        buffer.setBytes([UInt8](repeating: 0xFF, count: buffer.readableBytes), at: buffer.readerIndex)
+        buffer.clear()
+        buffer.writeBytes([UInt8](repeating: 0x7F, count: 4096))
+        buffer.discardReadBytes()
+        buffer = ByteBuffer()
+        #expect(got == x && got.isBorrowed)
+    }
+
     @Test("other answers are copied: a tensor of their own, a different order, an arena too small, row chunks")
     func fallbacks() throws {
         let v = Tensor<Float>(shape: [3, 6], scalars: (0..<18).map { Float($0) / 9 })

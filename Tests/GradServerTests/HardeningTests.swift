@@ -189,4 +189,24 @@ struct HardeningTests {
             try await client.execute(uri: "/v1/models", method: .post, headers: jsonHeaders, body: body(other)) { r in #expect(r.status == .created) }
         }
     }
+    @Test("a t of the wrong length is refused before a streamed Jacobian slices it")
+    func streamedJacobianShortT() async throws {
+        // Large enough to stream (the answer above two 4 MiB blocks), with t of one element for 600 000 samples.
+        let b = 600_000
+        let x = AnyTensor(Tensor<Float>(shape: [b, 2], scalars: [Float](repeating: 0.25, count: b * 2)))
+        let t = AnyTensor(Tensor<Float>(shape: [1], scalars: [0.5]))
+        let request = #"{"model": \#(tinyModel), "output_encoding": "safetensors"}"#
+        let file = Safetensors.write([("inputs.x", x), ("inputs.t", t)], metadata: [("request", request)])
+        let app = try await buildApplication(testConfiguration(), logger: quietLogger())
+        try await app.test(.router) { client in
+            for op in ["jacobian", "forward", "vjp"] {
+                try await client.execute(
+                    uri: "/v1/\(op)", method: .post, headers: [.contentType: "application/octet-stream"], body: ByteBuffer(bytes: file)
+                ) { r in
+                    #expect(r.status == .unprocessableContent, "\(op): \(r.text.prefix(300))")
+                    #expect(r.problemPaths.contains("inputs.t"), "\(op): \(r.text.prefix(300))")
+                }
+            }
+        }
+    }
 }

@@ -103,6 +103,8 @@ public struct Tensor<Scalar: BLASScalar>: Sendable, Equatable {
 
     /// Rows `r` of the leading axis; a borrowed tensor's rows are borrowed too (no copy).
     public func rows(_ r: Range<Int>) -> Tensor {
+        // Checked in release builds too: a borrowed buffer's slice is not.
+        precondition(r.lowerBound >= 0 && r.upperBound <= (shape.first ?? 0), "Tensor: rows \(r) of \(Shape.describe(shape))")
         let width = shape.dropFirst().reduce(1, *)
         let rowShape = [r.count] + shape.dropFirst()
         switch storage {

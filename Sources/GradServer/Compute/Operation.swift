@@ -58,6 +58,11 @@ struct OperationRunner: Sendable {
             throw GradError.invalid("inputs.t", "not used by a solve: t is the integration time, set by time_grid")
         }
         if ts != nil, !model.hasT { throw GradError.invalid("inputs.t", "the model has no t input (its inputs are [\"x\"])") }
+        // Checked here for every operation, and not only by the model's own validation: a streamed
+        // Jacobian validates one block of rows at a time and would slice a shorter t out of bounds.
+        if let ts, ts != [b] {
+            throw GradError.invalid("inputs.t", "expected shape [\(b)] (one t per sample), got \(Shape.describe(ts))")
+        }
         let answerBytes = Self.bytesPerNumber(encoding, model.dtype)
         func elements(_ shape: [Int]?) -> Count { shape.map { Count.product($0) } ?? .zero }
         var inputElements = elements(xs) + elements(ts)
@@ -133,9 +138,9 @@ struct OperationRunner: Sendable {
             try admit(.jacobian(wrt: wrt, mode: mode, returnOutputs: returnOutputs), path: "jacobian")
             let args = try arguments()
             // A reverse sweep produces the outputs, then x̄ and t̄: the answer, in its order, when
-            // the outputs are part of it.
+            // the outputs are part of it (a forward sweep builds J in arrays of its own).
             let r: AnyModel.Jacobian
-            if returnOutputs {
+            if returnOutputs, model.resolve(mode, batch: b, d: d, wantX: wrt.contains(.x), wantT: wrt.contains(.t)) == .reverse {
                 let fast = b * dOut + (wrt.contains(.x) ? b * dOut * d : 0) + (wrt.contains(.t) ? b * dOut : 0)
                 r = try intoBody(elements: fast) { try model.jacobian(args, wrt: wrt, mode: mode) }
             } else {
