@@ -150,7 +150,7 @@ public struct JSONWriter {
         t.withUnsafeBytes { raw in
             bytes.withUnsafeMutableBufferPointer { out in
                 var region = MutableSpan(_unsafeElements: UnsafeMutableBufferPointer(rebasing: out[start..<(start + n)]))
-                _ = Base64.encode(bytes: Span(_unsafeElements: raw.bindMemory(to: UInt8.self)), into: &region)
+                raw.withMemoryRebound(to: UInt8.self) { _ = Base64.encode(bytes: Span(_unsafeElements: $0), into: &region) }
             }
         }
         bytes.append(UInt8(ascii: "\""))
