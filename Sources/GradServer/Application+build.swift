@@ -77,7 +77,7 @@ public func buildRouter(
     let v1 = router.group("v1")
     if let key = configuration.apiKey { v1.add(middleware: AuthMiddleware(apiKey: key)) }
     service.addV1Routes(to: v1)
-    v1.addRoutes(ComputeController(pipeline: pipeline, runner: runner).endpoints)
+    v1.addRoutes(ComputeController(pipeline: pipeline, runner: runner, metrics: metrics).endpoints)
     v1.addRoutes(ModelsController(registry: registry, pipeline: pipeline).endpoints, atPath: "models")
     BenchmarkController(pipeline: pipeline, runner: runner).addRoutes(to: v1)
     TesseractController(registry: registry, pipeline: pipeline).addRoutes(to: router)

@@ -109,4 +109,40 @@ struct OperationRouteTests {
             }
         }
     }
+    @Test("safetensors forward, VJP and reverse Jacobian answers are computed into their bodies; others are copied (gradserve_answers_total)")
+    func answersInPlace() async throws {
+        let app = try await buildApplication(testConfiguration(), logger: quietLogger())
+        let x = AnyTensor(Tensor<Float>(shape: [2, 2], scalars: [0.1, 0.2, 0.3, -0.4]))
+        let t = AnyTensor(Tensor<Float>(shape: [2], scalars: [0.5, 1]))
+        let v = AnyTensor(Tensor<Float>(shape: [2, 2], scalars: [1, -1, 0.5, 2]))
+        func file(_ request: String, _ extra: [(name: String, tensor: AnyTensor)] = []) -> ByteBuffer {
+            ByteBuffer(bytes: Safetensors.write([("inputs.x", x), ("inputs.t", t)] + extra, metadata: [("request", request)]))
+        }
+        let model = #""model": \#(tinyModel), "output_encoding": "safetensors""#
+        let inPlace: [(String, ByteBuffer)] = [
+            ("forward", file("{\(model)}")),
+            ("vjp", file(#"{\#(model), "wrt": ["x", "t"]}"#, [("grad_outputs", v)])),
+            ("jacobian", file(#"{\#(model), "wrt": ["x", "t"], "mode": "reverse"}"#)),
+        ]
+        let copied: [(String, ByteBuffer)] = [
+            ("vjp", file(#"{\#(model), "wrt": ["x", "params"]}"#, [("grad_outputs", v)])),
+            ("jacobian", file(#"{\#(model), "mode": "forward"}"#)),
+            ("jvp", file("{\(model)}", [("tangents.x", v)])),
+        ]
+        try await app.test(.router) { client in
+            for (op, body) in inPlace + copied {
+                try await client.execute(uri: "/v1/\(op)", method: .post, headers: [.contentType: "application/octet-stream"], body: body) { r in
+                    #expect(r.status == .ok, "\(op): \(r.text.prefix(300))")
+                    #expect(r.headers[.contentType] == "application/octet-stream")
+                    // The body is a whole safetensors file, whichever way it was made.
+                    let file = try Array(r.body.readableBytesView).withUnsafeBytes { try Safetensors.read($0) }
+                    #expect(file.tensors["outputs"] != nil, "\(op)")
+                }
+            }
+            try await client.execute(uri: "/metrics", method: .get) { r in
+                #expect(r.text.contains(#"gradserve_answers_total{encoding="safetensors",body="in_place"} 3"#), "\(r.text)")
+                #expect(r.text.contains(#"gradserve_answers_total{encoding="safetensors",body="copied"} 3"#), "\(r.text)")
+            }
+        }
+    }
 }

@@ -169,6 +169,8 @@ final class AnswerArena: @unchecked Sendable {
     let results: ResultArena
     /// Holds the memory; never written through after its creation (the arena's pointer is).
     private let buffer: ByteBuffer
+    /// Whether ``body(header:tensors:)`` gave the body (the answer was not copied).
+    private(set) var sentInPlace = false
 
     /// An arena for `bytes` bytes of answer tensors, or nil when the buffer's memory is not
     /// 16-byte aligned (malloc's always is; the answer is then computed into arrays and copied).
@@ -204,6 +206,7 @@ final class AnswerArena: @unchecked Sendable {
         guard cursor == results.base + results.used, header.count <= Self.headroom else { return nil }
         let start = Self.headroom - header.count
         header.withUnsafeBytes { (results.base - header.count).copyMemory(from: $0.baseAddress!, byteCount: header.count) }
+        sentInPlace = true
         return buffer.getSlice(at: start, length: header.count + results.used)
     }
 }

@@ -1,12 +1,26 @@
 import GradCodec
 import GradCore
 import Hummingbird
+import Prometheus
 
 /// `POST /v1/{forward,vjp,jvp,jacobian,divergence}`: each route declares its operation; the
 /// request pipeline admits, reads and plans it, and the runner computes it on a compute thread.
 struct ComputeController: Sendable {
     let pipeline: RequestPipeline
     let runner: OperationRunner
+    let metrics: PrometheusCollectorRegistry
+
+    /// `gradserve_answers_total{encoding, body}`: answers by `output_encoding` and how their body
+    /// was made: `in_place` (a safetensors answer computed into its body, ``AnswerArena``),
+    /// `copied` (encoded into a new buffer) or `streamed` (a Jacobian written block by block).
+    private func count(_ encoding: OutputEncoding, body: String) {
+        metrics.makeCounter(descriptor: Self.answers, labels: [("encoding", encoding.rawValue), ("body", body)]).increment()
+    }
+
+    static var answers: MetricNameDescriptor {
+        MetricNameDescriptor(
+            namespace: "gradserve", metricName: "answers", unitName: "total", helpText: "Compute answers by encoding and how their body was made")
+    }
 
     var endpoints: RouteCollection<GradRequestContext> {
         let routes = RouteCollection(context: GradRequestContext.self)
@@ -53,12 +67,14 @@ struct ComputeController: Sendable {
                     timing = phases(computeEnd: t2, encode: Stopwatch.seconds(clock.now - t2))
                     return trailer(timing)
                 }
+                count(encoding, body: answer.arena?.sentInPlace == true ? "in_place" : "copied")
                 return .whole(body: bytes, contentType: type, phases: timing, encodeStart: t2, done: clock.now)
             case .stream(let stream):
                 // The first block before the first byte; its timing is all the header can carry.
                 let first = try stream.nextBlock()
                 let t2 = clock.now
                 let timing = phases(computeEnd: t2, encode: 0)
+                count(.safetensors, body: "streamed")
                 var fields = Answer()
                 fields.add("mode", string: stream.mode.rawValue)
                 let metadata = Answer.metadata(fields.fields + trailer(timing).fields)
