@@ -190,11 +190,3 @@ public struct JSONWriter {
         bytes.append(UInt8(ascii: "\""))
     }
 }
-
-/// Raw tensor bytes, little-endian and row-major (the base64 and safetensors payloads).
-public enum TensorBytes {
-    /// The elements of `t` as little-endian bytes.
-    public static func littleEndian<S: BLASScalar>(_ t: Tensor<S>) -> [UInt8] {
-        t.withUnsafeBytes { Array($0) }  // x86-64 and arm64 are little-endian
-    }
-}

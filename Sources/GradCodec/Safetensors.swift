@@ -92,12 +92,7 @@ public enum Safetensors {
     public static func payload(_ tensors: [(name: String, tensor: AnyTensor)]) -> [UInt8] {
         var out = [UInt8]()
         out.reserveCapacity(tensors.reduce(0) { $0 + (Shape.elementCount($1.tensor.shape) ?? 0) * $1.tensor.dtype.byteCount })
-        for (_, t) in tensors {
-            switch t {
-            case .float32(let f): out.append(contentsOf: TensorBytes.littleEndian(f))
-            case .float64(let d): out.append(contentsOf: TensorBytes.littleEndian(d))
-            }
-        }
+        for (_, t) in tensors { t.withUnsafeBytes { out.append(contentsOf: $0) } }
         return out
     }
 

@@ -179,6 +179,14 @@ public enum AnyTensor: Sendable, Equatable {
     /// Bytes of the elements.
     public var byteCount: Int { (Shape.elementCount(shape) ?? 0) * dtype.byteCount }
 
+    /// Calls `body` with the elements' bytes (little-endian, as on the wire), without copying.
+    public func withUnsafeBytes<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        switch self {
+        case .float32(let t): try t.withUnsafeBufferPointer { try body(UnsafeRawBufferPointer($0)) }
+        case .float64(let t): try t.withUnsafeBufferPointer { try body(UnsafeRawBufferPointer($0)) }
+        }
+    }
+
     /// Rows `r` of the leading axis.
     public func rows(_ r: Range<Int>) -> AnyTensor {
         switch self {

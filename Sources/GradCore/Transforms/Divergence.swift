@@ -97,7 +97,7 @@ extension Model {
         let b = tr.batch
         let d = tr.d
         let mode = resolve(.auto, batch: b, d: d, wantX: true, wantT: false)
-        let j = try (mode == .reverse ? reverseJacobian(tr) : forwardJacobian(tr, wantX: true, wantT: false)).x!
+        let j = try mode == .reverse ? reverseJacobian(tr).x.scalars : forwardJacobian(tr, wantX: true, wantT: false).x!
         return (0..<b).map { bb in
             var s: S = 0
             for i in 0..<d { s += j[(bb * d + i) * d + i] }

@@ -80,9 +80,10 @@ extension Model {
                 let out = (xp.isEmpty ? 0 : Int(bitPattern: xp.baseAddress), tp.isEmpty ? 0 : Int(bitPattern: tp.baseAddress))
                 do throws(GradError) {
                     try Parallel.forEach(chunks) { (k) throws(GradError) in
-                        let (gx, gt) = try reverseJacobian(tr, outputs: k)
+                        let g = try reverseJacobian(tr, outputs: k)
+                        let (gx, gt) = (g.x.scalars, g.t?.scalars)  // a chunk's: arrays already, not copied
                         for s in 0..<b {
-                            if let gx, let base = UnsafeMutablePointer<S>(bitPattern: out.0) {
+                            if let base = UnsafeMutablePointer<S>(bitPattern: out.0) {
                                 gx.withUnsafeBufferPointer { src in
                                     (base + (s * dOut + k.lowerBound) * d).update(from: src.baseAddress! + s * k.count * d, count: k.count * d)
                                 }
@@ -117,9 +118,9 @@ extension Model {
         var result = JacobianResult(outputs: tr.output, x: nil, t: nil, mode: used)
         if used == .reverse {
             // The sweep's x̄ and t̄ are the answer (a ``ResultArena``'s when one is installed).
-            let (jx, jt) = try reverseJacobianTensors(tr, outputs: 0..<dOut)
-            if wantX { result.x = jx.reshaped([b, dOut, d]) }
-            if wantT { result.t = jt!.reshaped([b, dOut]) }
+            let g = try reverseJacobian(tr)
+            if wantX { result.x = g.x.reshaped([b, dOut, d]) }
+            if wantT { result.t = g.t!.reshaped([b, dOut]) }
             return result
         }
         let (jx, jt) = try forwardJacobian(tr, wantX: wantX, wantT: wantT)
@@ -130,18 +131,10 @@ extension Model {
 
     /// Reverse mode: K = D' identity cotangents in `[B, D', …]` order, so the input cotangent is
     /// already the `[B, D', D]` Jacobian. Through a last linear layer the identity seed is just W.
-    func reverseJacobian(_ tr: ForwardTrace<S>) throws(GradError) -> (x: [S]?, t: [S]?) {
-        try reverseJacobian(tr, outputs: 0..<tr.outputWidth)
-    }
-
-    /// Rows `outputs` of every sample's Jacobian (`[B, K, D]` with K = outputs.count), as arrays.
-    func reverseJacobian(_ tr: ForwardTrace<S>, outputs: Range<Int>) throws(GradError) -> (x: [S]?, t: [S]?) {
-        let (x, t) = try reverseJacobianTensors(tr, outputs: outputs)
-        return (x.scalars, t?.scalars)
-    }
-
-    /// Rows `outputs` of every sample's Jacobian, flat: x̄ `[B·K·D]` and t̄ `[B·K]` when the model takes t.
-    func reverseJacobianTensors(_ tr: ForwardTrace<S>, outputs: Range<Int>) throws(GradError) -> (x: Tensor<S>, t: Tensor<S>?) {
+    /// Rows `outputs` (all by default) of every sample's Jacobian, flat: x̄ `[B·K·D]` and t̄
+    /// `[B·K]` (K = outputs.count) when the model takes t.
+    func reverseJacobian(_ tr: ForwardTrace<S>, outputs selected: Range<Int>? = nil) throws(GradError) -> InputCotangent<S> {
+        let outputs = selected ?? 0..<tr.outputWidth
         let b = tr.batch
         let dOut = outputs.count
         let fullOut = tr.outputWidth
@@ -158,17 +151,15 @@ extension Model {
             }
             top -= 1
             if top == 0 {
-                let split = seed.withUnsafeBufferPointer { Concat.vjp($0.baseAddress!, rows: rows, width: tr.d, hasT: hasT) }
-                return (Tensor(shape: [split.x.count], scalars: split.x), split.t.map { Tensor(shape: [$0.count], scalars: $0) })
+                return InputCotangent(seed.withUnsafeBufferPointer { Concat.vjp($0.baseAddress!, rows: rows, width: tr.d, hasT: hasT) })
             }
         } else {
             seed = [S](repeating: 0, count: rows * fullOut)
             for r in 0..<rows { seed[r * fullOut + outputs.lowerBound + r % dOut] = 1 }
         }
         var none: ParameterGradients<S>? = nil
-        let g = try reverseSweep(
+        return try reverseSweep(
             seed: Tensor(shape: [seed.count], scalars: seed), rows: rows, order: .bMajor, trace: tr, top: top, wantInput: true, params: &none)!
-        return (g.x, g.t)
     }
 
     /// Forward mode: K = D (+1) identity tangents in `[B, K, …]` order. Through a first linear layer

@@ -24,6 +24,16 @@ struct ParameterGradients<S: BLASScalar> {
 struct InputCotangent<S: BLASScalar> {
     var x: Tensor<S>
     var t: Tensor<S>?
+
+    init(x: Tensor<S>, t: Tensor<S>?) {
+        self.x = x
+        self.t = t
+    }
+
+    /// The halves ``Concat/vjp(_:rows:width:hasT:)`` splits a `[rows, D+1]` cotangent into.
+    init(_ split: (x: [S], t: [S]?)) {
+        self.init(x: Tensor(shape: [split.x.count], scalars: split.x), t: split.t.map { Tensor(shape: [$0.count], scalars: $0) })
+    }
 }
 
 extension Model {
@@ -69,8 +79,7 @@ extension Model {
             l -= 1
         }
         guard wantInput else { return nil }
-        let split = g.withUnsafeBufferPointer { Concat.vjp($0.baseAddress!, rows: rows, width: trace.d, hasT: hasT) }
-        return InputCotangent(x: Tensor(shape: [split.x.count], scalars: split.x), t: split.t.map { Tensor(shape: [$0.count], scalars: $0) })
+        return InputCotangent(g.withUnsafeBufferPointer { Concat.vjp($0.baseAddress!, rows: rows, width: trace.d, hasT: hasT) })
     }
 
     /// The VJP of the first layer fused with the concat's VJP: `x̄ = Ȳ W[:, :D]` and `t̄ = Ȳ W[:, D]`,

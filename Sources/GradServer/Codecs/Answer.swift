@@ -149,10 +149,7 @@ struct Answer: Sendable {
 extension ByteBuffer {
     /// Appends a tensor's little-endian bytes (a safetensors body's data, whole or streamed).
     mutating func writeTensor(_ t: AnyTensor) {
-        switch t {
-        case .float32(let f): f.withUnsafeBytes { _ = writeBytes($0) }
-        case .float64(let d): d.withUnsafeBytes { _ = writeBytes($0) }
-        }
+        t.withUnsafeBytes { _ = writeBytes($0) }
     }
 }
 
@@ -199,7 +196,7 @@ final class AnswerArena: @unchecked Sendable {
     func body(header: [UInt8], tensors: [(name: String, tensor: AnyTensor)]) -> ByteBuffer? {
         var cursor = results.base
         for (_, t) in tensors {
-            let (start, bytes) = t.bytes
+            let (start, bytes) = t.withUnsafeBytes { ($0.baseAddress, $0.count) }
             guard start == UnsafeRawPointer(cursor) else { return nil }
             cursor += bytes
         }
@@ -208,15 +205,5 @@ final class AnswerArena: @unchecked Sendable {
         header.withUnsafeBytes { (results.base - header.count).copyMemory(from: $0.baseAddress!, byteCount: header.count) }
         sentInPlace = true
         return buffer.getSlice(at: start, length: header.count + results.used)
-    }
-}
-
-extension AnyTensor {
-    /// Where the elements start and how many bytes they take.
-    fileprivate var bytes: (start: UnsafeRawPointer?, count: Int) {
-        switch self {
-        case .float32(let f): f.withUnsafeBytes { ($0.baseAddress, $0.count) }
-        case .float64(let d): d.withUnsafeBytes { ($0.baseAddress, $0.count) }
-        }
     }
 }
