@@ -167,14 +167,13 @@ public enum TensorDecoder {
     }
 
     private static func typed<T: BLASScalar>(_ raw: UnsafeRawBufferPointer, shape: [Int], at path: String, owner: AnyObject?) throws(GradError) -> Tensor<T> {
-        let t: Tensor<T>
         // x86-64 and arm64 are little-endian, as the wire format is.
         if let owner, let base = raw.baseAddress, Int(bitPattern: base) % MemoryLayout<T>.alignment == 0 {
             let elements = UnsafeBufferPointer(start: base.assumingMemoryBound(to: T.self), count: raw.count / MemoryLayout<T>.size)
-            t = Tensor(shape: shape, borrowing: elements, owner: owner)
-        } else {
-            t = Tensor(shape: shape, scalars: copyScalars(raw, as: T.self))
+            if let bad = FiniteCheck.firstNonFinite(elements) { throw .invalid(path, "non-finite value \(elements[bad]) at flat index \(bad)") }
+            return Tensor(shape: shape, borrowing: elements, owner: owner, checkedFinite: true)
         }
+        let t = Tensor<T>(shape: shape, scalars: copyScalars(raw, as: T.self))
         if let bad = FiniteCheck.firstNonFinite(t) { throw .invalid(path, "non-finite value \(t.withUnsafeBufferPointer { $0[bad] }) at flat index \(bad)") }
         return t
     }

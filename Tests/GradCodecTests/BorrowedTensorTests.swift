@@ -103,6 +103,22 @@ struct BorrowedTensorTests {
         #expect(original.count == x.count && original.scalars == x.scalars)
     }
 
+    @Test("borrowed data the decoder checked is known finite, its rows too; a write, a cast or a copy is not")
+    func knownFinite() throws {
+        let x = random([b, d], seed: 13)
+        let body = Body(file(x, random([b], seed: 14), random([b, d], seed: 15)), offset: 0)
+        let read = typed(try Safetensors.read(body.file, owner: body).tensors["inputs.x"])
+        #expect(read.isKnownFinite && read.rows(1..<3).isKnownFinite && read.reshaped([d, b]).isKnownFinite)
+        var written = read
+        written.scalars[0] = .infinity
+        #expect(!written.isKnownFinite, "a written tensor must be checked again")
+        #expect(!typed(try Safetensors.read(body.file).tensors["inputs.x"]).isKnownFinite, "copied data is not marked")
+        #expect(!read.cast(to: Double.self).isKnownFinite, "a cast may overflow, so it is checked again")
+        // The model still refuses a non-finite input it is handed, whatever its storage.
+        let model = ToyMLP.make(d: d, width: 8, hidden: 1, seed: 3, as: Float.self)
+        #expect(throws: GradError.self) { try model.forward(Inputs(x: written, t: random([b], seed: 16))) }
+    }
+
     @Test("non-finite values in borrowed data are refused by name")
     func nonFinite() throws {
         var x = random([b, d], seed: 10)

@@ -18,10 +18,13 @@ public struct Tensor<Scalar: BLASScalar>: Sendable, Equatable {
     private final class Borrowed: @unchecked Sendable {
         let elements: UnsafeBufferPointer<Scalar>
         let owner: AnyObject
+        /// Every element was found finite before the tensor was made (they are never written).
+        let finite: Bool
 
-        init(_ elements: UnsafeBufferPointer<Scalar>, owner: AnyObject) {
+        init(_ elements: UnsafeBufferPointer<Scalar>, owner: AnyObject, finite: Bool) {
             self.elements = elements
             self.owner = owner
+            self.finite = finite
         }
     }
 
@@ -34,12 +37,13 @@ public struct Tensor<Scalar: BLASScalar>: Sendable, Equatable {
 
     /// A tensor over `elements` without copying them. The caller guarantees that `owner` keeps
     /// the memory alive and unchanged for as long as it is referenced (a tensor holds it), that
-    /// the pointer is aligned for `Scalar`, and that the element count matches `shape`.
-    public init(shape: [Int], borrowing elements: UnsafeBufferPointer<Scalar>, owner: AnyObject) {
+    /// the pointer is aligned for `Scalar`, and that the element count matches `shape`; with
+    /// `checkedFinite`, that it found every element finite (``isKnownFinite``).
+    public init(shape: [Int], borrowing elements: UnsafeBufferPointer<Scalar>, owner: AnyObject, checkedFinite: Bool = false) {
         precondition(shape.reduce(1, *) == elements.count, "Tensor: \(shape) does not hold \(elements.count) elements")
         precondition(elements.isEmpty || Int(bitPattern: elements.baseAddress) % MemoryLayout<Scalar>.alignment == 0, "Tensor: misaligned elements")
         self.shape = shape
-        self.storage = .borrowed(Borrowed(elements, owner: owner))
+        self.storage = .borrowed(Borrowed(elements, owner: owner, finite: checkedFinite))
     }
 
     /// A tensor of zeros.
@@ -81,6 +85,14 @@ public struct Tensor<Scalar: BLASScalar>: Sendable, Equatable {
         return false
     }
 
+    /// Whether every element is known to be finite without looking: a borrowed tensor whose
+    /// decoder checked it (its elements are never written; a write makes an owned copy, which is
+    /// not known finite). The core's input validation then skips its own pass over them.
+    public var isKnownFinite: Bool {
+        if case .borrowed(let b) = storage { return b.finite }
+        return false
+    }
+
     /// Calls `body` with the elements, without copying.
     public func withUnsafeBufferPointer<R, E: Error>(_ body: (UnsafeBufferPointer<Scalar>) throws(E) -> R) throws(E) -> R {
         switch storage {
@@ -112,7 +124,7 @@ public struct Tensor<Scalar: BLASScalar>: Sendable, Equatable {
             return Tensor(shape: rowShape, scalars: Array(a[(r.lowerBound * width)..<(r.upperBound * width)]))
         case .borrowed(let b):
             let part = UnsafeBufferPointer(rebasing: b.elements[(r.lowerBound * width)..<(r.upperBound * width)])
-            return Tensor(shape: rowShape, borrowing: part, owner: b.owner)
+            return Tensor(shape: rowShape, borrowing: part, owner: b.owner, checkedFinite: b.finite)
         }
     }
 

@@ -43,9 +43,10 @@ extension Model {
         if !issues.isEmpty { throw .invalid(issues) }
     }
 
-    /// A finite value can still overflow when cast to float32 (`1e300`); refuse it by name.
+    /// A finite value can still overflow when cast to float32 (`1e300`); refuse it by name. A
+    /// tensor its decoder checked (``Tensor/isKnownFinite``, never a cast one) is not read again.
     func nonFinite(_ t: Tensor<S>, at place: Place) -> FieldIssue? {
-        guard let i = FiniteCheck.firstNonFinite(t) else { return nil }
+        guard !t.isKnownFinite, let i = FiniteCheck.firstNonFinite(t) else { return nil }
         return FieldIssue(place, "the value at flat index \(i) is not finite in \(S.dtype.rawValue) (|v| above \(S.greatestFiniteMagnitude))")
     }
 }
