@@ -20,7 +20,8 @@ public func buildApplication(
         dataDirectory: configuration.dataDirectory, modelsDirectory: configuration.modelsDirectory, logger: logger,
         quota: .init(maxModels: configuration.maxModels, maxBytes: configuration.maxRegistryBytes))
     let pool = ComputePool(
-        workers: configuration.workers, maxQueued: configuration.maxQueued, threadsPerJob: configuration.threadsPerRequest, metrics: metrics)
+        workers: configuration.workers, maxQueued: configuration.maxQueued, threadsPerJob: configuration.threadsPerRequest,
+        inlineGFLOP: configuration.inlineGFLOP, metrics: metrics)
     let memory = MemoryBudget(limit: configuration.memoryLimit, metrics: metrics)
     drain.attach(pool)
     let router = buildRouter(configuration, registry: registry, pool: pool, memory: memory, metrics: metrics, drain: drain)

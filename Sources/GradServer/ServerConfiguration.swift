@@ -24,6 +24,10 @@ public struct ServerConfiguration: Sendable {
     public var blasThreads = 1
     /// Row chunks computed at once within one request (see `Parallel`).
     public var threadsPerRequest = 1
+    /// GFLOP of the largest computation run on its connection's event loop, skipping the two
+    /// thread hand-offs, when no other computation is running or queued (0: never). See
+    /// ``ComputePool/admitAlone()``: it bounds how long a health check on the same loop can wait.
+    public var inlineGFLOP = 0.2
     /// Upper bound on the run time of one `/v1/benchmark` request, in seconds.
     public var benchmarkMaxSeconds = 30.0
     /// Bearer token required on `/v1/*` when set.

@@ -93,6 +93,14 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(
         parsing: .unconditional, help: "Cores for one request: its rows are split across them, one OpenBLAS thread each (with --workers 1, the core count).")
     var threadsPerRequest = 1
+    @Option(
+        parsing: .unconditional,
+        help: ArgumentHelp(
+            "GFLOP of the largest forward, VJP, JVP or Jacobian run on its connection's event loop when no other is running (0: none).",
+            discussion:
+                "GEMM FLOPs plus 100 per activation evaluation. It skips two thread hand-offs (0.1-0.3 ms of a 2 ms request); a health check on the same loop waits for it, about 2 ms at the default on one core."
+        ))
+    var inlineGflop = 0.2
     @Option(parsing: .unconditional, help: "Longest run of one /v1/benchmark request, in seconds.") var benchmarkMaxSeconds = 30.0
     @Option(help: "PEM certificate chain; with --tls-key the server speaks HTTPS only.") var tlsCert: String?
     @Option(help: "PEM private key for --tls-cert.") var tlsKey: String?
@@ -112,6 +120,9 @@ struct ServeCommand: AsyncParsableCommand {
             throw ValidationError("--max-request-gflop must be a positive number up to 1e9, got \(maxRequestGflop)")
         }
         try count("max-layers", maxLayers, 1...1_000_000)
+        guard inlineGflop.isFinite, inlineGflop >= 0, inlineGflop <= 10 else {
+            throw ValidationError("--inline-gflop must be a number in [0, 10] (0 turns inline computation off), got \(inlineGflop)")
+        }
         if let memoryLimit {
             try count("memory-limit", memoryLimit, (16 << 20)...(1 << 50))
             if let maxRequestMemory, maxRequestMemory > memoryLimit {
@@ -184,6 +195,7 @@ struct ServeCommand: AsyncParsableCommand {
         config.maxRegistryBytes = maxRegistryBytes
         config.blasThreads = blasThreads
         config.threadsPerRequest = threadsPerRequest
+        config.inlineGFLOP = inlineGflop
         config.benchmarkMaxSeconds = benchmarkMaxSeconds
         config.tlsCertificatePath = tlsCert
         config.tlsKeyPath = tlsKey

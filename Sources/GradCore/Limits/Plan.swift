@@ -13,6 +13,10 @@ public struct ResourcePlan: Sendable, Equatable {
     public var peakBytes: Count
     /// Floating-point operations of the GEMMs (2 per multiply-add).
     public var flops: Count
+    /// Activation evaluations (a value, a derivative, or a product with one), an upper bound:
+    /// the work ``flops`` does not see, which dominates a model of activations with few or
+    /// narrow linear layers. One costs about as long as 100 GEMM FLOPs on a core (~1 ns).
+    public var elementwise: Count = .zero
     /// For exact divergences: whether the cyclic trace (`B·h_L·h_1`) or a full Jacobian is cheaper.
     public var divergenceByCyclicTrace: Bool = false
     /// The widest layer boundary (for messages).
@@ -58,7 +62,28 @@ extension Model {
     public func plan(_ op: PlannedOperation, batch b: Int, d: Int) -> ResourcePlan {
         var p = planUnlabelled(op, batch: b, d: d)
         p.widest = widths(d: d).max() ?? 0
+        p.elementwise = activationEvaluations(op, batch: b, d: d)
         return p
+    }
+
+    /// Activation evaluations of `op`: B·Σ(activation widths) per sweep, for the forward pass
+    /// (twice when derivatives are kept) and each seed, tangent, cotangent or probe after it.
+    func activationEvaluations(_ op: PlannedOperation, batch b: Int, d: Int) -> Count {
+        let w = widths(d: d)
+        var perRow = Count.zero
+        for (l, layer) in layers.enumerated() {
+            if case .activation(let act) = layer, !act.isIdentity { perRow += Count(w[l]) }
+        }
+        let dOut = w[w.count - 1]
+        let sweeps: Count
+        switch op {
+        case .forward: sweeps = Count(1)
+        case .vjp(let k, _, _), .jvp(let k, _): sweeps = Count(Swift.max(k, 1)) + 2
+        case .jacobian: sweeps = Count(Swift.max(d + 1, dOut)) + 2
+        case .divergence(.hutchinson(let probes, _), _): sweeps = Count(probes) + 3
+        case .divergence(.exact, _): sweeps = Count(Swift.max(d + 1, dOut)) + 3
+        }
+        return Count(b) * perRow * sweeps
     }
 
     private func planUnlabelled(_ op: PlannedOperation, batch b: Int, d: Int) -> ResourcePlan {

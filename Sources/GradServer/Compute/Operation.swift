@@ -22,6 +22,11 @@ enum Operation: String, CaseIterable, Sendable {
         }
     }
 
+    /// Whether a small request of this operation may be computed on its event loop
+    /// (``RequestPipeline``'s `inline`): the single-sweep transforms a notebook calls in a loop.
+    /// Divergences and solves always go to a compute thread.
+    var mayRunInline: Bool { [.forward, .vjp, .jvp, .jacobian].contains(self) }
+
     /// Object fields and their keys.
     var nestedFields: [String: Set<String>] {
         self == .jvp ? ["inputs": ["x", "t"], "tangents": ["x", "t"]] : ["inputs": ["x", "t"]]
@@ -47,6 +52,8 @@ struct OperationRunner: Sendable {
         try doc.checkKnown(op.fields, nested: op.nestedFields)
         let encoding = OutputEncoding(rawValue: try doc.choice("output_encoding", OutputEncoding.allCases.map(\.rawValue), default: "json"))!
         let returnOutputs = try doc.bool("return_outputs", default: true)
+        // A model sent in the request is decoded and checked on a compute thread, never on an event loop.
+        if job.isInline, case .string? = doc.value("model") {} else if job.isInline { throw Job.Handoff() }
         let model = try resolveModel(doc)
         // Shapes first, from the tensors' headers: nothing large is decoded before the plan.
         guard let xs = try doc.shape("inputs.x") else { throw GradError.invalid("inputs.x", "required") }

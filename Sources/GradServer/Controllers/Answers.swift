@@ -125,6 +125,7 @@ struct InfoAnswer: Encodable {
     let cores: Int
     let workers: Int
     let threadsPerRequest: Int
+    let inlineGFLOP: Double
     let limits: Limits
     let auth: Bool
     let models: Int
@@ -135,6 +136,7 @@ struct InfoAnswer: Encodable {
     enum CodingKeys: String, CodingKey {
         case version, blas, cpu, cores, workers, limits, auth, models, operations, protocols
         case threadsPerRequest = "threads_per_request"
+        case inlineGFLOP = "inline_gflop"
         case outputEncodings = "output_encodings"
     }
 }

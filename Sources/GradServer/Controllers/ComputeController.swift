@@ -40,7 +40,7 @@ struct ComputeController: Sendable {
     func handle(_ op: Operation, _ request: Request, _ context: GradRequestContext) async throws -> Response {
         let runner = self.runner
         let clock = ContinuousClock()
-        let reply = try await pipeline.run(request, context) { job, session -> Reply in
+        let reply = try await pipeline.run(request, context, inline: op.mayRunInline) { job, session -> Reply in
             let t0 = clock.now
             let doc = try job.document()
             let t1 = clock.now

@@ -52,7 +52,8 @@ struct ServiceController: Sendable {
                 InfoAnswer(
                     blas: .init(version: BLASRuntime.version, core: BLASRuntime.coreName, threads: BLASRuntime.threads, config: BLASRuntime.config),
                     cpu: MachineInfo.current(measurePeak: false).cpu, cores: BLASRuntime.processors, workers: configuration.workers,
-                    threadsPerRequest: configuration.threadsPerRequest, limits: .init(configuration, memoryLimit: memory.limit),
+                    threadsPerRequest: configuration.threadsPerRequest,
+                    inlineGFLOP: configuration.threadsPerRequest > 1 ? 0 : configuration.inlineGFLOP, limits: .init(configuration, memoryLimit: memory.limit),
                     auth: configuration.apiKey != nil, models: registry.all().count))
         }
     }

@@ -10,7 +10,8 @@ import NIOCore
 ///    is answered 503 (`Retry-After`) before a byte of the body is read; a body larger than the
 ///    limits is 413. Only then is `100 Continue` sent.
 /// 2. **read** the body under `--max-body-bytes` (the connection's guard enforces `--body-timeout`).
-/// 3. **parse, plan, compute, encode** on a compute thread, in the handler's closure: the plan
+/// 3. **parse, plan, compute, encode** on a compute thread (or, for a small computation when
+///    no other is running, on the event loop: `inline`), in the handler's closure: the plan
 ///    (``Job/admit(_:path:inputElements:answerBytesPerNumber:)``) checks the request's output,
 ///    memory and FLOPs against the per-request limits (422) and reserves its memory in the
 ///    process budget (503 when it has no room now) before any large allocation. The computation
@@ -46,8 +47,15 @@ struct RequestPipeline: Sendable {
     /// Jacobian): `compute` also gets the ``ComputeSession`` that holds the request's place in the
     /// pool, and ends it when done with it (at once, or when its stream ends); a session no one ends
     /// ends when it is dropped.
+    ///
+    /// With `inline`, a small body that arrives while no other computation runs is computed here,
+    /// on the connection's event loop (``ComputePool/admitAlone()``), as long as `compute` finds it
+    /// small: ``Job/admit(_:path:answerElements:extraBytes:inputElements:answerBytesPerNumber:)``
+    /// hands a plan above ``ServerConfiguration/inlineGFLOP`` over to a compute thread
+    /// (``Job/Handoff``), where `compute` starts again from the body (parsing it again costs
+    /// microseconds: only small bodies are tried inline).
     func run<T: Sendable>(
-        _ request: Request, _ context: GradRequestContext, extraSeconds: Double = 0,
+        _ request: Request, _ context: GradRequestContext, extraSeconds: Double = 0, inline: Bool = false,
         _ compute: @escaping @Sendable (Job, ComputeSession) throws -> T
     ) async throws -> T {
         let arrival = ContinuousClock.now
@@ -68,7 +76,8 @@ struct RequestPipeline: Sendable {
             if declared == nil { try reserve(reservation, body: Count(total), factor: factor) }
         }
         // 3. Compute.
-        let ticket = try pool.admit()
+        let alone = inline && body.readableBytes <= Job.inlineBodyLimit(contentType: contentType) ? pool.admitAlone() : nil
+        let ticket = try alone ?? pool.admit()
         let token = Cancellation()
         context.channel?.triggerUserOutboundEvent(ConnectionGuard.ConnectionEvent.bind(token), promise: nil)
         let job = Job(
@@ -78,9 +87,13 @@ struct RequestPipeline: Sendable {
         let session = ComputeSession(pool: pool, ticket: ticket, token: token, deadline: deadline)
         let value: T
         do {
-            value = try await pool.run(ticket, deadline: deadline, token: token) { queue in
-                job.queueSeconds = queue
-                return try compute(job, session)
+            if alone != nil, let inlined = try Self.inline(job, session, compute) {
+                value = inlined
+            } else {
+                value = try await pool.run(ticket, deadline: deadline, token: token) { queue in
+                    job.queueSeconds = queue
+                    return try compute(job, session)
+                }
             }
         } catch {
             session.end()
@@ -90,6 +103,16 @@ struct RequestPipeline: Sendable {
         // streamed answer, until its last block has been written.
         context.channel?.triggerUserOutboundEvent(ConnectionGuard.ConnectionEvent.hold(reservation), promise: nil)
         return value
+    }
+
+    /// Runs `compute` on this thread under the session's deadline and token; nil when it handed
+    /// its plan over to a compute thread (``Job/Handoff``).
+    private static func inline<T>(_ job: Job, _ session: ComputeSession, _ compute: (Job, ComputeSession) throws -> T) throws -> T? {
+        job.inlineFLOPs = session.pool.inlineFLOPs
+        defer { job.inlineFLOPs = nil }
+        return try session.pool.runInline(session.ticket, deadline: session.deadline, token: session.token) { () -> T? in
+            do { return try compute(job, session) } catch is Job.Handoff { return nil }
+        }
     }
 
     /// Reserves room for a body of `body` bytes (and what parsing it may allocate).
@@ -118,6 +141,23 @@ final class Job: @unchecked Sendable {
     var queueSeconds = 0.0
     /// Seconds from the request's arrival at the pipeline until its whole body was read.
     var readSeconds = 0.0
+    /// While the job runs on an event loop: the FLOPs above which its plan goes to a compute thread
+    /// (an activation evaluation counting as 100: ``ResourcePlan/elementwise``).
+    var inlineFLOPs: Double?
+
+    /// Whether the job runs on an event loop (``RequestPipeline``'s `inline`).
+    var isInline: Bool { inlineFLOPs != nil }
+
+    /// Thrown on an event loop by ``admit(_:path:answerElements:extraBytes:inputElements:answerBytesPerNumber:)``
+    /// (before it reserves anything), and by a front end before it decodes a model sent in the
+    /// request: the computation is not small enough to run there, and starts again on a compute thread.
+    struct Handoff: Error {}
+
+    /// Bodies tried on the event loop: parsing them there must stay in the microseconds (a
+    /// safetensors body's tensors are borrowed, not parsed; a JSON body is parsed whole).
+    static func inlineBodyLimit(contentType: String?) -> Int {
+        RequestDocument.mediaType(contentType) == "application/octet-stream" ? 4 << 20 : 64 << 10
+    }
 
     init(
         body: ByteBuffer, contentType: String?, configuration: ServerConfiguration, reservation: MemoryBudget.Reservation, budget: MemoryBudget,
@@ -181,6 +221,7 @@ final class Job: @unchecked Sendable {
                     "the computation would hold about \(peak.bytesDescription) at its peak (body, tensors, intermediates such as hidden layers of width \(Self.figure(Double(plan.widest))) and the answer), above this server's limit of \(Count(c.maxRequestMemory).bytesDescription) per request; split the batch"
             )
         }
+        if let inlineFLOPs, (plan.flops + plan.elementwise * 100).double > inlineFLOPs { throw Handoff() }
         let total = bodyReservation + working
         guard reservation.grow(to: total) else { throw budget.busy(need: total) }
     }
