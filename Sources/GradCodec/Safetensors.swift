@@ -33,6 +33,7 @@ public enum Safetensors {
         let data = UnsafeRawBufferPointer(rebasing: bytes[(8 + n)...])
         var file = File(tensors: [:], metadata: [:])
         var issues: [FieldIssue] = []
+        var entries: [Entry] = []
         for (name, v) in o.entries {
             if name == "__metadata__" {
                 guard case .object(let m) = v else {
@@ -49,18 +50,49 @@ public enum Safetensors {
                 continue
             }
             do throws(GradError) {
-                file.tensors[name] = try readTensor(name, v, data, owner: owner)
+                entries.append(try entry(name, v, data))
             } catch .invalid(let more) {
                 issues += more
             } catch {
                 issues.append(FieldIssue(path: name, message: "\(error)"))
             }
         }
+        // No two tensors may share bytes (the format's own rule): each byte is then decoded (checked,
+        // or copied when misaligned) at most once, so the work and memory of decoding are bounded by
+        // the body. Overlapping ranges would let a few megabytes name the same bytes thousands of times.
+        let ordered = entries.sorted { ($0.begin, $0.end) < ($1.begin, $1.end) }
+        for (previous, next) in zip(ordered, ordered.dropFirst()) where next.begin < previous.end {
+            issues.append(
+                FieldIssue(
+                    path: "\(next.name).data_offsets",
+                    message:
+                        "[\(next.begin), \(next.end)] overlaps the bytes of \(previous.name) [\(previous.begin), \(previous.end)]; tensors may not share data"))
+        }
+        if !issues.isEmpty { throw .invalid(issues) }
+        for e in entries {
+            do throws(GradError) {
+                file.tensors[e.name] = try TensorDecoder.fromBytes(
+                    UnsafeRawBufferPointer(rebasing: data[e.begin..<e.end]), shape: e.shape, dtype: e.dtype, at: e.name, owner: owner)
+            } catch .invalid(let more) {
+                issues += more
+            } catch {
+                issues.append(FieldIssue(path: e.name, message: "\(error)"))
+            }
+        }
         if !issues.isEmpty { throw .invalid(issues) }
         return file
     }
 
-    private static func readTensor(_ name: String, _ v: JSONValue, _ data: UnsafeRawBufferPointer, owner: AnyObject?) throws(GradError) -> AnyTensor {
+    /// A tensor's header entry, checked against the data section but not yet decoded.
+    private struct Entry {
+        let name: String
+        let dtype: DType
+        let shape: [Int]
+        let begin: Int
+        let end: Int
+    }
+
+    private static func entry(_ name: String, _ v: JSONValue, _ data: UnsafeRawBufferPointer) throws(GradError) -> Entry {
         guard case .object(let t) = v, case .string(let dt)? = t["dtype"], case .numbers(let ss, let shapeD)? = t["shape"] ?? .numbers(shape: [0], values: []),
             ss.count == 1, case .numbers(let os, let offs)? = t["data_offsets"], os == [2]
         else { throw .invalid(name, "expected {\"dtype\", \"shape\", \"data_offsets\": [begin, end]}") }
@@ -85,7 +117,7 @@ public enum Safetensors {
         guard !overflow, end - begin == bytes else {
             throw .invalid("\(name).data_offsets", "expected \(count) × \(dtype.byteCount) bytes for \(dt) \(Shape.describe(shape)), got \(end - begin)")
         }
-        return try TensorDecoder.fromBytes(UnsafeRawBufferPointer(rebasing: data[begin..<end]), shape: shape, dtype: dtype, at: name, owner: owner)
+        return Entry(name: name, dtype: dtype, shape: shape, begin: begin, end: end)
     }
 
     /// The data section for `tensors`: their bytes, in order.

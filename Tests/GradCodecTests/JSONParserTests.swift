@@ -132,6 +132,31 @@ struct TensorFormTests {
             #expect(throws: GradError.self) { try Array(bytes.prefix(cut)).withUnsafeBytes { try Safetensors.read($0) } }
         }
     }
+
+    @Test("safetensors tensors may not share bytes: a few kilobytes naming one range thousands of times are refused before any is decoded")
+    func safetensorsOverlap() throws {
+        func file(_ entries: [(String, Int, Int)], dataBytes: Int) -> [UInt8] {
+            let fields = entries.map { #""\#($0.0)": {"dtype": "F32", "shape": [\#(($0.2 - $0.1) / 4)], "data_offsets": [\#($0.1), \#($0.2)]}"# }
+            let header = Array("{\(fields.joined(separator: ", "))}".utf8)
+            var bytes = withUnsafeBytes(of: UInt64(header.count).littleEndian) { Array($0) } + header
+            bytes += [UInt8](repeating: 0, count: dataBytes)
+            return bytes
+        }
+        // Side by side, and with a hole between: fine.
+        let fine = try file([("a", 0, 8), ("b", 8, 16), ("c", 20, 24)], dataBytes: 24).withUnsafeBytes { try Safetensors.read($0) }
+        #expect(fine.tensors.count == 3)
+        // Two tensors sharing 4 bytes, and 5 000 tensors over the same 4 KiB (before: 20 MB of copies
+        // from a 400 kB body, or 4 GB from a 4 MB one): refused by name.
+        for (entries, data) in [([("a", 0, 8), ("b", 4, 12)], 12), ((0..<5000).map { ("t\($0)", 0, 4096) }, 4096)] {
+            do {
+                _ = try file(entries, dataBytes: data).withUnsafeBytes { try Safetensors.read($0) }
+                Issue.record("overlapping tensors accepted")
+            } catch let GradError.invalid(issues) {
+                #expect(issues.count == entries.count - 1, "one issue per tensor that starts inside another")
+                #expect(issues.first.map { "\($0.place)".contains("data_offsets") && $0.message.contains("overlaps") } == true, "\(issues.prefix(1))")
+            }
+        }
+    }
 }
 
 @Suite("JSON parser bounds")

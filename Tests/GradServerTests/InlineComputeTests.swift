@@ -108,6 +108,56 @@ struct InlineComputeTests {
         }
     }
 
+    @Test("what the event loop would spend beyond the GEMMs counts too: a JSON answer of many numbers, a deep model, a large request header")
+    func otherWork() async throws {
+        // Linear(2 → 16) · tanh · Linear(16 → 512) on 256 rows: ~4 MFLOP, and 131 072 numbers in the answer,
+        // ~13 ms of JSON text (1.3 G FLOP-equivalents) but a copy in binary.
+        let wide =
+            #"{"inputs": ["x"], "layers": [{"op": "linear", "weight": \#(Self.matrix(16, 2))}, {"op": "tanh"}, {"op": "linear", "weight": \#(Self.matrix(512, 16))}]}"#
+        // 1024 identity layers: no FLOPs, no activation evaluations, but 1024 layer steps (~2 ms).
+        let deep = #"{"inputs": ["x"], "layers": [\#(Array(repeating: #"{"op": "identity"}"#, count: 1024).joined(separator: ", "))]}"#
+        let app = try await buildApplication(testConfiguration(), logger: quietLogger())
+        try await app.test(.router) { client in
+            var ids: [String] = []
+            for model in [wide, deep] {
+                ids.append(
+                    try await client.execute(uri: "/v1/models", method: .post, headers: jsonHeaders, body: body(#"{"model": \#(model)}"#)) { r in
+                        #expect(r.status == .created || r.status == .ok, "\(r.text.prefix(300))")
+                        return r.json["id"]?.string ?? ""
+                    })
+            }
+            let x = AnyTensor(Tensor<Float>(shape: [256, 2], scalars: (0..<512).map { Float($0 % 5) / 5 }))
+            func request(_ id: String, _ encoding: String, padding: Int = 0) -> ByteBuffer {
+                let meta = #"{"model": "\#(id)", "output_encoding": "\#(encoding)"}"#
+                return ByteBuffer(bytes: Safetensors.write([("inputs.x", x)], metadata: [("request", meta), ("note", String(repeating: " ", count: padding))]))
+            }
+            // (model, encoding, header padding, computed inline?)
+            let cases: [(String, String, Int, Bool)] = [
+                (ids[0], "json", 0, false), (ids[0], "safetensors", 0, true), (ids[0], "safetensors", 70_000, false), (ids[1], "safetensors", 0, false),
+            ]
+            var inline = 0
+            for (id, encoding, padding, expected) in cases {
+                try await client.execute(
+                    uri: "/v1/forward", method: .post, headers: [.contentType: "application/octet-stream"], body: request(id, encoding, padding: padding)
+                ) {
+                    r in
+                    #expect(r.status == .ok, "\(r.text.prefix(300))")
+                }
+                if expected { inline += 1 }
+                try await client.execute(uri: "/metrics", method: .get) { r in
+                    #expect(Self.counter(r.text) == inline, "\(id == ids[0] ? "wide" : "deep") model, \(encoding) answer, \(padding) bytes of header padding")
+                }
+            }
+        }
+    }
+
+    /// A `rows × cols` weight matrix of small numbers, as JSON.
+    static func matrix(_ rows: Int, _ cols: Int) -> String {
+        "["
+            + (0..<rows).map { r in "[" + (0..<cols).map { c in "\(Double((r * 7 + c * 3) % 11 - 5) / 50)" }.joined(separator: ",") + "]" }.joined(
+                separator: ",") + "]"
+    }
+
     /// A model of `n` SELUs and nothing else.
     static func selus(_ n: Int) -> String {
         #"{"inputs": ["x"], "layers": [\#(Array(repeating: #"{"op": "selu"}"#, count: n).joined(separator: ", "))]}"#

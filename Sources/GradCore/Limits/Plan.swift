@@ -15,8 +15,20 @@ public struct ResourcePlan: Sendable, Equatable {
     public var flops: Count
     /// Activation evaluations (a value, a derivative, or a product with one), an upper bound:
     /// the work ``flops`` does not see, which dominates a model of activations with few or
-    /// narrow linear layers. One costs about as long as 100 GEMM FLOPs on a core (~1 ns).
+    /// narrow linear layers.
     public var elementwise: Count = .zero
+    /// Parameters read from memory over the passes of the computation (a batch of one reads
+    /// every weight for two FLOPs each: memory-bound, not FLOP-bound).
+    public var weightReads: Count = .zero
+    /// Layer steps over the passes (a BLAS call, an allocation and a checkpoint each, whatever
+    /// their size: what a deep, narrow model costs).
+    public var layerSteps: Count = .zero
+
+    /// The computation's work in FLOP-equivalents, one about 0.01 ns on a core here: its GEMM
+    /// FLOPs, 100 per activation evaluation (~1 ns), 50 per weight read (~0.5 ns from memory),
+    /// 200 000 per layer step (~2 µs). An estimate of its time, for deciding where to run it
+    /// (``flops`` alone is what the `--max-request-gflop` limit counts).
+    public var work: Count { flops + elementwise * 100 + weightReads * 50 + layerSteps * 200_000 }
     /// For exact divergences: whether the cyclic trace (`B·h_L·h_1`) or a full Jacobian is cheaper.
     public var divergenceByCyclicTrace: Bool = false
     /// The widest layer boundary (for messages).
@@ -63,6 +75,11 @@ extension Model {
         var p = planUnlabelled(op, batch: b, d: d)
         p.widest = widths(d: d).max() ?? 0
         p.elementwise = activationEvaluations(op, batch: b, d: d)
+        // A forward is one pass; every derivative a forward, a sweep and (parameter gradients,
+        // Jacobian blocks) a third, bounded here by three.
+        let passes = op == .forward ? 1 : 3
+        p.weightReads = Count(parameterCount) * passes
+        p.layerSteps = Count(layers.count) * passes
         return p
     }
 

@@ -37,9 +37,14 @@ public struct Tensor<Scalar: BLASScalar>: Sendable, Equatable {
 
     /// A tensor over `elements` without copying them. The caller guarantees that `owner` keeps
     /// the memory alive and unchanged for as long as it is referenced (a tensor holds it), that
-    /// the pointer is aligned for `Scalar`, and that the element count matches `shape`; with
-    /// `checkedFinite`, that it found every element finite (``isKnownFinite``).
-    public init(shape: [Int], borrowing elements: UnsafeBufferPointer<Scalar>, owner: AnyObject, checkedFinite: Bool = false) {
+    /// the pointer is aligned for `Scalar`, and that the element count matches `shape`.
+    public init(shape: [Int], borrowing elements: UnsafeBufferPointer<Scalar>, owner: AnyObject) {
+        self.init(shape: shape, borrowing: elements, owner: owner, checkedFinite: false)
+    }
+
+    /// ``init(shape:borrowing:owner:)`` for the package's decoders, which vouch with
+    /// `checkedFinite` that they found every element finite (``isKnownFinite``).
+    package init(shape: [Int], borrowing elements: UnsafeBufferPointer<Scalar>, owner: AnyObject, checkedFinite: Bool) {
         precondition(shape.reduce(1, *) == elements.count, "Tensor: \(shape) does not hold \(elements.count) elements")
         precondition(elements.isEmpty || Int(bitPattern: elements.baseAddress) % MemoryLayout<Scalar>.alignment == 0, "Tensor: misaligned elements")
         self.shape = shape

@@ -41,7 +41,7 @@ public final class ComputePool: Sendable {
         inlineCounter = metrics?.makeCounter(
             descriptor: MetricNameDescriptor(
                 namespace: "gradserve", subsystem: "compute", metricName: "inline", unitName: "total",
-                helpText: "Computations run on their connection's event loop (small, with no other running: --inline-gflop)"))
+                helpText: "Requests computed (or refused) on their connection's event loop: small, with no other computation running (--inline-gflop)"))
     }
 
     /// FLOPs of the largest job run on its caller's thread (``admitAlone()``).

@@ -76,7 +76,7 @@ struct RequestPipeline: Sendable {
             if declared == nil { try reserve(reservation, body: Count(total), factor: factor) }
         }
         // 3. Compute.
-        let alone = inline && body.readableBytes <= Job.inlineBodyLimit(contentType: contentType) ? pool.admitAlone() : nil
+        let alone = inline && Job.mayTryInline(body, contentType: contentType) ? pool.admitAlone() : nil
         let ticket = try alone ?? pool.admit()
         let token = Cancellation()
         context.channel?.triggerUserOutboundEvent(ConnectionGuard.ConnectionEvent.bind(token), promise: nil)
@@ -141,8 +141,8 @@ final class Job: @unchecked Sendable {
     var queueSeconds = 0.0
     /// Seconds from the request's arrival at the pipeline until its whole body was read.
     var readSeconds = 0.0
-    /// While the job runs on an event loop: the FLOPs above which its plan goes to a compute thread
-    /// (an activation evaluation counting as 100: ``ResourcePlan/elementwise``).
+    /// While the job runs on an event loop: the FLOP-equivalents above which it goes to a compute
+    /// thread (its plan's ``ResourcePlan/work`` and its answer's encoding: ``encodingWork(_:)``).
     var inlineFLOPs: Double?
 
     /// Whether the job runs on an event loop (``RequestPipeline``'s `inline`).
@@ -153,10 +153,20 @@ final class Job: @unchecked Sendable {
     /// request: the computation is not small enough to run there, and starts again on a compute thread.
     struct Handoff: Error {}
 
-    /// Bodies tried on the event loop: parsing them there must stay in the microseconds (a
-    /// safetensors body's tensors are borrowed, not parsed; a JSON body is parsed whole).
-    static func inlineBodyLimit(contentType: String?) -> Int {
-        RequestDocument.mediaType(contentType) == "application/octet-stream" ? 4 << 20 : 64 << 10
+    /// FLOP-equivalents of encoding one number of the answer (``ResourcePlan/work``'s units):
+    /// JSON text ~100 ns, base64 ~1 ns, binary a copy at most.
+    static func encodingWork(_ answerBytesPerNumber: Int) -> Int {
+        answerBytesPerNumber >= 25 ? 10_000 : answerBytesPerNumber > 8 ? 100 : 10
+    }
+
+    /// Whether a body may be tried on the event loop: parsing it there must stay in the tens of
+    /// microseconds. A JSON body is parsed whole, so at most 64 KiB; a safetensors body's tensors
+    /// are borrowed and checked at memory speed (at most 4 MiB), and its JSON header, which holds
+    /// the request, is at most 64 KiB too.
+    static func mayTryInline(_ body: ByteBuffer, contentType: String?) -> Bool {
+        guard RequestDocument.mediaType(contentType) == "application/octet-stream" else { return body.readableBytes <= 64 << 10 }
+        guard body.readableBytes <= 4 << 20, let n = body.getInteger(at: body.readerIndex, endianness: .little, as: UInt64.self) else { return false }
+        return n <= 64 << 10
     }
 
     init(
@@ -221,7 +231,7 @@ final class Job: @unchecked Sendable {
                     "the computation would hold about \(peak.bytesDescription) at its peak (body, tensors, intermediates such as hidden layers of width \(Self.figure(Double(plan.widest))) and the answer), above this server's limit of \(Count(c.maxRequestMemory).bytesDescription) per request; split the batch"
             )
         }
-        if let inlineFLOPs, (plan.flops + plan.elementwise * 100).double > inlineFLOPs { throw Handoff() }
+        if let inlineFLOPs, (plan.work + outputs * Self.encodingWork(answerBytesPerNumber)).double > inlineFLOPs { throw Handoff() }
         let total = bodyReservation + working
         guard reservation.grow(to: total) else { throw budget.busy(need: total) }
     }
