@@ -27,7 +27,7 @@ public struct ServerConfiguration: Sendable {
     /// GFLOP of the largest computation run on its connection's event loop, skipping the two
     /// thread hand-offs, when no other computation is running or queued (0: never). See
     /// ``ComputePool/admitAlone()``: it bounds how long a health check on the same loop can wait.
-    public var inlineGFLOP = 0.2
+    public var inlineGFLOP = 0.25
     /// Upper bound on the run time of one `/v1/benchmark` request, in seconds.
     public var benchmarkMaxSeconds = 30.0
     /// Bearer token required on `/v1/*` when set.

@@ -98,9 +98,9 @@ struct ServeCommand: AsyncParsableCommand {
         help: ArgumentHelp(
             "GFLOP of the largest forward, VJP, JVP or Jacobian run on its connection's event loop when no other is running (0: none).",
             discussion:
-                "GEMM FLOPs plus 100 per activation evaluation. It skips two thread hand-offs (0.1-0.3 ms of a 2 ms request); a health check on the same loop waits for it, about 2 ms at the default on one core."
+                "Counted as the plan's work: GEMM FLOPs plus 100 per activation evaluation, 50 per weight read, 200 000 per layer step and the answer's encoding. It skips two thread hand-offs (0.1-0.3 ms of a 2 ms request); a health check on the same loop may wait for it, about 2.5 ms at the default on one core."
         ))
-    var inlineGflop = 0.2
+    var inlineGflop = 0.25
     @Option(parsing: .unconditional, help: "Longest run of one /v1/benchmark request, in seconds.") var benchmarkMaxSeconds = 30.0
     @Option(help: "PEM certificate chain; with --tls-key the server speaks HTTPS only.") var tlsCert: String?
     @Option(help: "PEM private key for --tls-cert.") var tlsKey: String?

@@ -111,12 +111,12 @@ struct InlineComputeTests {
     @Test("what the event loop would spend beyond the GEMMs counts too: a JSON answer of many numbers, a deep model, a large request header")
     func otherWork() async throws {
         // Linear(2 → 16) · tanh · Linear(16 → 512) on 256 rows: ~4 MFLOP, and 131 072 numbers in the answer,
-        // ~13 ms of JSON text (1.3 G FLOP-equivalents) but a copy in binary.
+        // ~13 ms of JSON text (1.3 G FLOP-equivalents) but a copy in binary; bound at 0.2 G.
         let wide =
             #"{"inputs": ["x"], "layers": [{"op": "linear", "weight": \#(Self.matrix(16, 2))}, {"op": "tanh"}, {"op": "linear", "weight": \#(Self.matrix(512, 16))}]}"#
-        // 1024 identity layers: no FLOPs, no activation evaluations, but 1024 layer steps (~2 ms).
+        // 1024 identity layers: no FLOPs, no activation evaluations, but 1024 layer steps (~2 ms, 0.2048 G).
         let deep = #"{"inputs": ["x"], "layers": [\#(Array(repeating: #"{"op": "identity"}"#, count: 1024).joined(separator: ", "))]}"#
-        let app = try await buildApplication(testConfiguration(), logger: quietLogger())
+        let app = try await buildApplication(testConfiguration { $0.inlineGFLOP = 0.2 }, logger: quietLogger())
         try await app.test(.router) { client in
             var ids: [String] = []
             for model in [wide, deep] {
