@@ -68,7 +68,7 @@ public enum Safetensors {
                     message:
                         "[\(next.begin), \(next.end)] overlaps the bytes of \(previous.name) [\(previous.begin), \(previous.end)]; tensors may not share data"))
         }
-        if !issues.isEmpty { throw .invalid(issues) }
+        if !issues.isEmpty { throw .invalid(capped(issues)) }
         for e in entries {
             do throws(GradError) {
                 file.tensors[e.name] = try TensorDecoder.fromBytes(
@@ -79,8 +79,15 @@ public enum Safetensors {
                 issues.append(FieldIssue(path: e.name, message: "\(error)"))
             }
         }
-        if !issues.isEmpty { throw .invalid(issues) }
+        if !issues.isEmpty { throw .invalid(capped(issues)) }
         return file
+    }
+
+    /// At most 100 issues and a count of the others: a 100 MB header of bad entries must not
+    /// answer with millions of them.
+    static func capped(_ issues: [FieldIssue]) -> [FieldIssue] {
+        guard issues.count > 100 else { return issues }
+        return Array(issues.prefix(100)) + [FieldIssue(path: "body", message: "and \(issues.count - 100) more issues like these")]
     }
 
     /// A tensor's header entry, checked against the data section but not yet decoded.

@@ -98,7 +98,7 @@ struct ServeCommand: AsyncParsableCommand {
         help: ArgumentHelp(
             "GFLOP of the largest forward, VJP, JVP or Jacobian run on its connection's event loop when no other is running (0: none).",
             discussion:
-                "Counted as the plan's work: GEMM FLOPs plus 100 per activation evaluation, 50 per weight read, 200 000 per layer step and the answer's encoding. It skips two thread hand-offs (0.1-0.3 ms of a 2 ms request); a health check on the same loop may wait for it, about 2.5 ms at the default on one core."
+                "Counted as the plan's work: GEMM FLOPs plus activations at their cost, weight reads, layer and row steps and small BLAS calls; binary answers only. It skips two thread hand-offs (0.1-0.3 ms of a 2 ms request); a health check on the same loop may wait for it, about 2.5 ms at the default on one core."
         ))
     var inlineGflop = 0.25
     @Option(parsing: .unconditional, help: "Longest run of one /v1/benchmark request, in seconds.") var benchmarkMaxSeconds = 30.0

@@ -152,7 +152,7 @@ struct TensorFormTests {
                 _ = try file(entries, dataBytes: data).withUnsafeBytes { try Safetensors.read($0) }
                 Issue.record("overlapping tensors accepted")
             } catch let GradError.invalid(issues) {
-                #expect(issues.count == entries.count - 1, "one issue per tensor that starts inside another")
+                #expect(issues.count == min(entries.count - 1, 101), "one issue per tensor that starts inside another, at most 100 and a count")
                 #expect(issues.first.map { "\($0.place)".contains("data_offsets") && $0.message.contains("overlaps") } == true, "\(issues.prefix(1))")
             }
         }

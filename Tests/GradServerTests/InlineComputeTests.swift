@@ -69,7 +69,7 @@ struct InlineComputeTests {
     func sameAnswers() async throws {
         let inline = try await answers { _ in }
         let pooled = try await answers { $0.inlineGFLOP = 0 }
-        #expect(inline.inline == 5, "every request of a tiny model, alone, is computed inline")
+        #expect(inline.inline == 4, "every request of a tiny model with a binary answer, alone, is computed inline (the JSON answer is not)")
         #expect(pooled.inline == 0)
         #expect(inline.tensors.count == pooled.tensors.count && inline.tensors.count >= 9, "\(inline.tensors.keys.sorted())")
         for (name, values) in pooled.tensors {
@@ -86,24 +86,30 @@ struct InlineComputeTests {
         #expect(handed.tensors == pooled.tensors)
     }
 
-    @Test("activations count in the inline bound: a model of activations only (0 GEMM FLOPs) with many of them goes to a compute thread")
+    @Test("activations count in the inline bound, each at its cost: many SELUs, or one tanh (a libm call), go to a compute thread")
     func activationsCount() async throws {
-        // 8 SELUs on [256, 64]: 131 072 activation evaluations, 13.1 M FLOP-equivalents, above 0.01 GFLOP;
-        // one SELU on [4, 64]: 25 600, below.
+        // At 0.01 G FLOP-equivalents: 8 SELUs on [256, 64] are 131 072 evaluations at 100 (13 M), above;
+        // one SELU on [64, 64] 4 096 (0.4 M), below; one tanh on [64, 64] 4 096 at 3 000 (12 M), above.
         let app = try await buildApplication(testConfiguration { $0.inlineGFLOP = 0.01 }, logger: quietLogger())
         try await app.test(.router) { client in
-            for (layers, rows, inline) in [(8, 256, 0), (1, 4, 1)] {
-                let id = try await client.execute(uri: "/v1/models", method: .post, headers: jsonHeaders, body: body(#"{"model": \#(Self.selus(layers))}"#)) {
+            var inline = 0
+            for (op, layers, rows, expected) in [("selu", 8, 256, false), ("selu", 1, 64, true), ("tanh", 1, 64, false)] {
+                let id = try await client.execute(
+                    uri: "/v1/models", method: .post, headers: jsonHeaders, body: body(#"{"model": \#(Self.activations(op, layers))}"#)
+                ) {
                     r in
                     r.json["id"]?.string ?? ""
                 }
                 let x = AnyTensor(Tensor<Float>(shape: [rows, 64], scalars: (0..<(rows * 64)).map { Float($0 % 7) - 3 }))
-                let request = ByteBuffer(bytes: Safetensors.write([("inputs.x", x)], metadata: [("request", #"{"model": "\#(id)"}"#)]))
+                let request = ByteBuffer(
+                    bytes: Safetensors.write([("inputs.x", x)], metadata: [("request", #"{"model": "\#(id)", "output_encoding": "safetensors"}"#)]))
                 try await client.execute(uri: "/v1/forward", method: .post, headers: [.contentType: "application/octet-stream"], body: request) { r in
                     #expect(r.status == .ok, "\(r.text.prefix(300))")
-                    #expect(r.json["outputs"]?.numbers?.count == rows * 64)
+                    let answer = try Array(r.body.readableBytesView).withUnsafeBytes { try Safetensors.read($0) }
+                    #expect(answer.tensors["outputs"]?.shape == [rows, 64])
                 }
-                try await client.execute(uri: "/metrics", method: .get) { r in #expect(Self.counter(r.text) == inline, "\(layers) SELUs on \(rows) rows") }
+                if expected { inline += 1 }
+                try await client.execute(uri: "/metrics", method: .get) { r in #expect(Self.counter(r.text) == inline, "\(layers) \(op) on \(rows) rows") }
             }
         }
     }
@@ -115,37 +121,42 @@ struct InlineComputeTests {
         let wide =
             #"{"inputs": ["x"], "layers": [{"op": "linear", "weight": \#(Self.matrix(16, 2))}, {"op": "tanh"}, {"op": "linear", "weight": \#(Self.matrix(512, 16))}]}"#
         // 1024 identity layers: no FLOPs, no activation evaluations, but 1024 layer steps (~2 ms, 0.2048 G).
+        // Linear(1 → 4) · Linear(4 → 2): a forward-mode Jacobian of 4096 samples makes 16 384 small BLAS calls
+        // (~3 ms, 0.33 G) for almost no FLOPs.
+        let narrow = #"{"inputs": ["x"], "layers": [{"op": "linear", "weight": \#(Self.matrix(4, 1))}, {"op": "linear", "weight": \#(Self.matrix(2, 4))}]}"#
         let deep = #"{"inputs": ["x"], "layers": [\#(Array(repeating: #"{"op": "identity"}"#, count: 1024).joined(separator: ", "))]}"#
         let app = try await buildApplication(testConfiguration { $0.inlineGFLOP = 0.2 }, logger: quietLogger())
         try await app.test(.router) { client in
-            var ids: [String] = []
-            for model in [wide, deep] {
-                ids.append(
-                    try await client.execute(uri: "/v1/models", method: .post, headers: jsonHeaders, body: body(#"{"model": \#(model)}"#)) { r in
-                        #expect(r.status == .created || r.status == .ok, "\(r.text.prefix(300))")
-                        return r.json["id"]?.string ?? ""
-                    })
+            var ids: [String: String] = [:]
+            for (name, model) in [("wide", wide), ("deep", deep), ("narrow", narrow)] {
+                ids[name] = try await client.execute(uri: "/v1/models", method: .post, headers: jsonHeaders, body: body(#"{"model": \#(model)}"#)) { r in
+                    #expect(r.status == .created || r.status == .ok, "\(r.text.prefix(300))")
+                    return r.json["id"]?.string ?? ""
+                }
             }
-            let x = AnyTensor(Tensor<Float>(shape: [256, 2], scalars: (0..<512).map { Float($0 % 5) / 5 }))
-            func request(_ id: String, _ encoding: String, padding: Int = 0) -> ByteBuffer {
-                let meta = #"{"model": "\#(id)", "output_encoding": "\#(encoding)"}"#
+            func request(_ model: String, rows: Int, width: Int, _ encoding: String, padding: Int) -> ByteBuffer {
+                let x = AnyTensor(Tensor<Float>(shape: [rows, width], scalars: (0..<(rows * width)).map { Float($0 % 5) / 5 }))
+                let meta = #"{"model": "\#(ids[model] ?? "")", "output_encoding": "\#(encoding)"}"#
                 return ByteBuffer(bytes: Safetensors.write([("inputs.x", x)], metadata: [("request", meta), ("note", String(repeating: " ", count: padding))]))
             }
-            // (model, encoding, header padding, computed inline?)
-            let cases: [(String, String, Int, Bool)] = [
-                (ids[0], "json", 0, false), (ids[0], "safetensors", 0, true), (ids[0], "safetensors", 70_000, false), (ids[1], "safetensors", 0, false),
+            // (model, operation, rows, encoding, header padding, computed inline?)
+            let cases: [(String, String, Int, String, Int, Bool)] = [
+                ("wide", "forward", 256, "json", 0, false), ("wide", "forward", 256, "safetensors", 0, true),
+                ("wide", "forward", 256, "safetensors", 70_000, false), ("deep", "forward", 256, "safetensors", 0, false),
+                ("narrow", "jacobian", 16, "safetensors", 0, true), ("narrow", "jacobian", 4096, "safetensors", 0, false),
             ]
             var inline = 0
-            for (id, encoding, padding, expected) in cases {
+            for (model, op, rows, encoding, padding, expected) in cases {
+                let width = model == "narrow" ? 1 : 2
                 try await client.execute(
-                    uri: "/v1/forward", method: .post, headers: [.contentType: "application/octet-stream"], body: request(id, encoding, padding: padding)
-                ) {
-                    r in
+                    uri: "/v1/\(op)", method: .post, headers: [.contentType: "application/octet-stream"],
+                    body: request(model, rows: rows, width: width, encoding, padding: padding)
+                ) { r in
                     #expect(r.status == .ok, "\(r.text.prefix(300))")
                 }
                 if expected { inline += 1 }
                 try await client.execute(uri: "/metrics", method: .get) { r in
-                    #expect(Self.counter(r.text) == inline, "\(id == ids[0] ? "wide" : "deep") model, \(encoding) answer, \(padding) bytes of header padding")
+                    #expect(Self.counter(r.text) == inline, "\(model) model, \(op) of \(rows) rows, \(encoding) answer, \(padding) bytes of header padding")
                 }
             }
         }
@@ -158,9 +169,9 @@ struct InlineComputeTests {
                 separator: ",") + "]"
     }
 
-    /// A model of `n` SELUs and nothing else.
-    static func selus(_ n: Int) -> String {
-        #"{"inputs": ["x"], "layers": [\#(Array(repeating: #"{"op": "selu"}"#, count: n).joined(separator: ", "))]}"#
+    /// A model of `n` activations `op` and nothing else.
+    static func activations(_ op: String, _ n: Int) -> String {
+        #"{"inputs": ["x"], "layers": [\#(Array(repeating: #"{"op": "\#(op)"}"#, count: n).joined(separator: ", "))]}"#
     }
 
     @Test("a model sent in the request is decoded on a compute thread, not on the event loop")

@@ -13,22 +13,29 @@ public struct ResourcePlan: Sendable, Equatable {
     public var peakBytes: Count
     /// Floating-point operations of the GEMMs (2 per multiply-add).
     public var flops: Count
-    /// Activation evaluations (a value, a derivative, or a product with one), an upper bound:
-    /// the work ``flops`` does not see, which dominates a model of activations with few or
-    /// narrow linear layers.
+    /// The activations' work in FLOP-equivalents: each evaluation (a value and its derivative,
+    /// then one product with it per tangent, cotangent or seed) at its rule's cost, from 10 for
+    /// ReLU to 3 000 for a libm call (``ElementwiseRule/evaluationCost(_:)``). What ``flops``
+    /// does not see, and what dominates a model of activations with few or narrow linear layers.
     public var elementwise: Count = .zero
-    /// Parameters read from memory over the passes of the computation (a batch of one reads
-    /// every weight for two FLOPs each: memory-bound, not FLOP-bound).
+    /// Weights read from memory over the passes of the computation (a batch of one reads every
+    /// weight for two FLOPs each: memory-bound, not FLOP-bound).
     public var weightReads: Count = .zero
     /// Layer steps over the passes (a BLAS call, an allocation and a checkpoint each, whatever
     /// their size: what a deep, narrow model costs).
     public var layerSteps: Count = .zero
+    /// Rows through a layer over the passes (B, K·B or B·seeds rows per pass): what a narrow
+    /// layer costs beyond its FLOPs (~2.5 ns a row in OpenBLAS at width 1).
+    public var rowSteps: Count = .zero
+    /// BLAS calls made per sample or per cotangent (a forward-mode Jacobian's, a K-batched
+    /// VJP's parameter gradients), ~0.2 µs each whatever their size.
+    public var smallCalls: Count = .zero
 
     /// The computation's work in FLOP-equivalents, one about 0.01 ns on a core here: its GEMM
-    /// FLOPs, 100 per activation evaluation (~1 ns), 50 per weight read (~0.5 ns from memory),
-    /// 200 000 per layer step (~2 µs). An estimate of its time, for deciding where to run it
-    /// (``flops`` alone is what the `--max-request-gflop` limit counts).
-    public var work: Count { flops + elementwise * 100 + weightReads * 50 + layerSteps * 200_000 }
+    /// FLOPs, the activations' ``elementwise`` work, 50 per weight read (~0.5 ns from memory),
+    /// 200 000 per layer step (~2 µs), 250 per row step and 20 000 per small call. An estimate of
+    /// its time, for deciding where to run it (``flops`` alone is what `--max-request-gflop` counts).
+    public var work: Count { flops + elementwise + weightReads * 50 + layerSteps * 200_000 + rowSteps * 250 + smallCalls * 20_000 }
     /// For exact divergences: whether the cyclic trace (`B·h_L·h_1`) or a full Jacobian is cheaper.
     public var divergenceByCyclicTrace: Bool = false
     /// The widest layer boundary (for messages).
@@ -74,33 +81,60 @@ extension Model {
     public func plan(_ op: PlannedOperation, batch b: Int, d: Int) -> ResourcePlan {
         var p = planUnlabelled(op, batch: b, d: d)
         p.widest = widths(d: d).max() ?? 0
-        p.elementwise = activationEvaluations(op, batch: b, d: d)
-        // A forward is one pass; every derivative a forward, a sweep and (parameter gradients,
-        // Jacobian blocks) a third, bounded here by three.
-        let passes = op == .forward ? 1 : 3
-        p.weightReads = Count(parameterCount) * passes
-        p.layerSteps = Count(layers.count) * passes
+        addWorkEstimate(&p, op, batch: b, d: d)
         return p
     }
 
-    /// Activation evaluations of `op`: B·Σ(activation widths) per sweep, for the forward pass
-    /// (twice when derivatives are kept) and each seed, tangent, cotangent or probe after it.
-    func activationEvaluations(_ op: PlannedOperation, batch b: Int, d: Int) -> Count {
+    /// Fills the plan's time estimate beyond its FLOPs (``ResourcePlan/work``).
+    func addWorkEstimate(_ p: inout ResourcePlan, _ op: PlannedOperation, batch b: Int, d: Int) {
         let w = widths(d: d)
-        var perRow = Count.zero
-        for (l, layer) in layers.enumerated() {
-            if case .activation(let act) = layer, !act.isIdentity { perRow += Count(w[l]) }
-        }
         let dOut = w[w.count - 1]
-        let sweeps: Count
-        switch op {
-        case .forward: sweeps = Count(1)
-        case .vjp(let k, _, _), .jvp(let k, _): sweeps = Count(Swift.max(k, 1)) + 2
-        case .jacobian: sweeps = Count(Swift.max(d + 1, dOut)) + 2
-        case .divergence(.hutchinson(let probes, _), _): sweeps = Count(probes) + 3
-        case .divergence(.exact, _): sweeps = Count(Swift.max(d + 1, dOut)) + 3
+        var activationCost = Count.zero  // per row, one evaluation of every activation
+        var weights = Count.zero
+        var linears = 0
+        for (l, layer) in layers.enumerated() {
+            switch layer {
+            case .activation(let act) where !act.isIdentity: activationCost += Count(w[l]) * act.evaluationCost(S.self)
+            case .activation: break
+            case .linear(let lin):
+                weights += Count(lin.inFeatures) * lin.outFeatures + lin.outFeatures
+                linears += 1
+            }
         }
-        return Count(b) * perRow * sweeps
+        // Sweeps over the activations after the forward (which counts twice with derivatives);
+        // rows a pass carries; small per-sample or per-cotangent calls.
+        let sweeps: Count
+        let rows: Count
+        var calls = Count.zero
+        switch op {
+        case .forward:
+            (sweeps, rows) = (.zero, Count(b))
+        case .vjp(let k, let wrt, _):
+            let kk = Count(Swift.max(k, 1))
+            (sweeps, rows) = (kk + 1, kk * b)
+            if wrt.contains(.params), k > 1 { calls = kk * linears * 2 }
+        case .jvp(let k, _):
+            let kk = Count(Swift.max(k, 1))
+            (sweeps, rows) = (kk + 1, kk * b)
+        case .jacobian(let wrt, let mode, _):
+            let seeds = Count(Swift.max(d + 1, dOut))
+            (sweeps, rows) = (seeds + 1, seeds * b)
+            if resolve(mode, batch: b, d: d, wantX: wrt.contains(.x), wantT: wrt.contains(.t)) == .forward { calls = Count(b) * linears * 2 }
+        case .divergence(.hutchinson(let probes, _), _):
+            (sweeps, rows) = (Count(probes) + 2, Count(probes) * b)
+        case .divergence(.exact, _):
+            let seeds = Count(Swift.max(d + 1, dOut))
+            (sweeps, rows) = (seeds + 2, seeds * b)
+            calls = Count(b) * linears * 2
+        }
+        // A forward is one pass; every derivative a forward, a sweep and (parameter gradients,
+        // Jacobian blocks) a third, bounded here by three.
+        let passes = op == .forward ? 1 : 3
+        p.elementwise = Count(b) * activationCost * (sweeps + 1)
+        p.weightReads = weights * passes
+        p.layerSteps = Count(layers.count) * passes
+        p.rowSteps = rows * layers.count * passes
+        p.smallCalls = calls
     }
 
     private func planUnlabelled(_ op: PlannedOperation, batch b: Int, d: Int) -> ResourcePlan {

@@ -185,6 +185,9 @@ public struct Activation: Sendable, Equatable {
     /// Whether it is the identity, which the transforms skip entirely.
     public var isIdentity: Bool { kernel.isIdentity }
 
+    /// What one evaluation (value and derivative) costs in ``ResourcePlan/work``'s FLOP-equivalents.
+    func evaluationCost<S: BLASScalar>(_: S.Type) -> Int { S.self == Float.self ? kernel.cost32 : kernel.cost64 }
+
     /// The activation `op` with the given field values (defaults for the rest), for code that
     /// builds models directly; nil when `op` is not an activation or a value is refused.
     public static func named(_ op: String, _ given: [String: OpValue] = [:]) -> Activation? {
@@ -220,11 +223,16 @@ struct ActivationKernel: Sendable {
     let float32: @Sendable (UnsafePointer<Float>, UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>?, Int) -> Void
     let float64: @Sendable (UnsafePointer<Double>, UnsafeMutablePointer<Double>, UnsafeMutablePointer<Double>?, Int) -> Void
     let isIdentity: Bool
+    /// The rule's ``ElementwiseRule/evaluationCost(_:)`` in each precision.
+    let cost32: Int
+    let cost64: Int
 
     @inline(__always)
     init<R: ElementwiseRule>(_ rule: R, isIdentity: Bool = false) {
         float32 = { z, y, d, n in Elementwise.run(rule, z, y, d, count: n) }
         float64 = { z, y, d, n in Elementwise.run(rule, z, y, d, count: n) }
         self.isIdentity = isIdentity
+        cost32 = R.evaluationCost(Float.self)
+        cost64 = R.evaluationCost(Double.self)
     }
 }

@@ -142,7 +142,8 @@ final class Job: @unchecked Sendable {
     /// Seconds from the request's arrival at the pipeline until its whole body was read.
     var readSeconds = 0.0
     /// While the job runs on an event loop: the FLOP-equivalents above which it goes to a compute
-    /// thread (its plan's ``ResourcePlan/work`` and its answer's encoding: ``encodingWork(_:)``).
+    /// thread (its plan's ``ResourcePlan/work`` and 10 a number for copying its binary answer; a
+    /// JSON or base64 answer always goes, its encoding not being a copy).
     var inlineFLOPs: Double?
 
     /// Whether the job runs on an event loop (``RequestPipeline``'s `inline`).
@@ -152,12 +153,6 @@ final class Job: @unchecked Sendable {
     /// (before it reserves anything), and by a front end before it decodes a model sent in the
     /// request: the computation is not small enough to run there, and starts again on a compute thread.
     struct Handoff: Error {}
-
-    /// FLOP-equivalents of encoding one number of the answer (``ResourcePlan/work``'s units):
-    /// JSON text ~100 ns, base64 ~1 ns, binary a copy at most.
-    static func encodingWork(_ answerBytesPerNumber: Int) -> Int {
-        answerBytesPerNumber >= 25 ? 10_000 : answerBytesPerNumber > 8 ? 100 : 10
-    }
 
     /// Whether a body may be tried on the event loop: parsing it there must stay in the tens of
     /// microseconds. A JSON body is parsed whole, so at most 64 KiB; a safetensors body's tensors
@@ -231,7 +226,12 @@ final class Job: @unchecked Sendable {
                     "the computation would hold about \(peak.bytesDescription) at its peak (body, tensors, intermediates such as hidden layers of width \(Self.figure(Double(plan.widest))) and the answer), above this server's limit of \(Count(c.maxRequestMemory).bytesDescription) per request; split the batch"
             )
         }
-        if let inlineFLOPs, (plan.work + outputs * Self.encodingWork(answerBytesPerNumber)).double > inlineFLOPs { throw Handoff() }
+        // On an event loop: binary answers only (4 or 8 bytes a number: their encoding is a copy at
+        // most), within the bound.
+        if let inlineFLOPs {
+            let binary = answerBytesPerNumber == 4 || answerBytesPerNumber == 8
+            if !binary || (plan.work + outputs * 10).double > inlineFLOPs { throw Handoff() }
+        }
         let total = bodyReservation + working
         guard reservation.grow(to: total) else { throw budget.busy(need: total) }
     }
