@@ -24,10 +24,19 @@ public struct ServerConfiguration: Sendable {
     public var blasThreads = 1
     /// Row chunks computed at once within one request (see `Parallel`).
     public var threadsPerRequest = 1
-    /// GFLOP of the largest computation run on its connection's event loop, skipping the two
-    /// thread hand-offs, when no other computation is running or queued (0: never). See
-    /// ``ComputePool/admitAlone()``: it bounds how long a health check on the same loop can wait.
-    public var inlineGFLOP = 0.25
+    /// Milliseconds a computation may take on its connection's event loop (`--inline-ms`; 0:
+    /// never). One runs there, skipping two thread hand-offs, when no other computation is running
+    /// or queued (``ComputePool/admitAlone()``), its answer is binary, its plan is within
+    /// ``inlineWorkLimit``, and the same model computed the same plan within this time before
+    /// (``InlineHistory``). It bounds how long a health check on the same loop can wait.
+    public var inlineMilliseconds = 2.0
+    /// The static bound checked first, in ``ResourcePlan/work``'s FLOP-equivalents (~0.01 ns each);
+    /// nil: 2.5 × 10⁸ per millisecond of ``inlineMilliseconds``, since the estimate runs about 2.5×
+    /// above the time of dense models.
+    public var inlineWorkLimit: Double? = nil
+
+    /// ``inlineWorkLimit``, or its default.
+    var inlineWork: Double { inlineWorkLimit ?? inlineMilliseconds * 2.5e8 }
     /// Upper bound on the run time of one `/v1/benchmark` request, in seconds.
     public var benchmarkMaxSeconds = 30.0
     /// Bearer token required on `/v1/*` when set.

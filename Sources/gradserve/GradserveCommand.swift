@@ -96,11 +96,11 @@ struct ServeCommand: AsyncParsableCommand {
     @Option(
         parsing: .unconditional,
         help: ArgumentHelp(
-            "GFLOP of the largest forward, VJP, JVP or Jacobian run on its connection's event loop when no other is running (0: none).",
+            "Milliseconds a forward, VJP, JVP or Jacobian may take on its connection's event loop when no other is running (0: none).",
             discussion:
-                "Counted as the plan's work: GEMM FLOPs plus activations at their cost, weight reads, layer and row steps and small BLAS calls; binary answers only. It skips two thread hand-offs (0.1-0.3 ms of a 2 ms request); a health check on the same loop may wait for it, about 2.5 ms at the default on one core."
+                "A repeat of a plan the same registered model computed within this time (binary answers, small bodies) runs there, skipping two thread hand-offs (0.1-0.3 ms of a 2 ms request); a health check on the same loop may wait that long."
         ))
-    var inlineGflop = 0.25
+    var inlineMs = 2.0
     @Option(parsing: .unconditional, help: "Longest run of one /v1/benchmark request, in seconds.") var benchmarkMaxSeconds = 30.0
     @Option(help: "PEM certificate chain; with --tls-key the server speaks HTTPS only.") var tlsCert: String?
     @Option(help: "PEM private key for --tls-cert.") var tlsKey: String?
@@ -120,8 +120,8 @@ struct ServeCommand: AsyncParsableCommand {
             throw ValidationError("--max-request-gflop must be a positive number up to 1e9, got \(maxRequestGflop)")
         }
         try count("max-layers", maxLayers, 1...1_000_000)
-        guard inlineGflop.isFinite, inlineGflop >= 0, inlineGflop <= 10 else {
-            throw ValidationError("--inline-gflop must be a number in [0, 10] (0 turns inline computation off), got \(inlineGflop)")
+        guard inlineMs.isFinite, inlineMs >= 0, inlineMs <= 100 else {
+            throw ValidationError("--inline-ms must be a number of milliseconds in [0, 100] (0 turns inline computation off), got \(inlineMs)")
         }
         if let memoryLimit {
             try count("memory-limit", memoryLimit, (16 << 20)...(1 << 50))
@@ -195,7 +195,7 @@ struct ServeCommand: AsyncParsableCommand {
         config.maxRegistryBytes = maxRegistryBytes
         config.blasThreads = blasThreads
         config.threadsPerRequest = threadsPerRequest
-        config.inlineGFLOP = inlineGflop
+        config.inlineMilliseconds = inlineMs
         config.benchmarkMaxSeconds = benchmarkMaxSeconds
         config.tlsCertificatePath = tlsCert
         config.tlsKeyPath = tlsKey

@@ -7,7 +7,8 @@ import NIOCore
 import Testing
 
 /// Small computations with nothing else running are computed on the connection's event loop
-/// (`--inline-gflop`); everything else, and anything that turns out larger, on a compute thread.
+/// (`--inline-ms`) once the same model has computed the same plan fast enough; everything else,
+/// and anything that turns out larger, on a compute thread.
 @Suite("Inline computation")
 struct InlineComputeTests {
     let x = AnyTensor(Tensor<Float>(shape: [2, 2], scalars: [0.1, 0.2, 0.3, -0.4]))
@@ -19,7 +20,9 @@ struct InlineComputeTests {
     }
 
     /// Forward, VJP (x and params), JVP and Jacobian of a registered model, as safetensors bodies,
-    /// plus one JSON body; returns every answer's tensors by name, and the inline counter after.
+    /// plus one JSON body, each sent twice (the first of a plan is computed on a compute thread and
+    /// remembered); returns every answer's tensors by name (both sends must agree), and the inline
+    /// counter after.
     func answers(_ configure: @escaping (inout ServerConfiguration) -> Void) async throws -> (tensors: [String: [Double]], inline: Int) {
         let app = try await buildApplication(testConfiguration(configure), logger: quietLogger())
         return try await app.test(.router) { client in
@@ -34,17 +37,23 @@ struct InlineComputeTests {
                 ("jacobian", file(#"{\#(model), "wrt": ["x", "t"]}"#)),
             ]
             var tensors: [String: [Double]] = [:]
-            for (op, request) in requests {
+            for (op, request) in requests + requests {
                 try await client.execute(uri: "/v1/\(op)", method: .post, headers: [.contentType: "application/octet-stream"], body: request) { r in
                     #expect(r.status == .ok, "\(op): \(r.text.prefix(300))")
                     let answer = try Array(r.body.readableBytesView).withUnsafeBytes { try Safetensors.read($0) }
-                    for (name, tensor) in answer.tensors { tensors["\(op) \(name)"] = Self.doubles(tensor) }
+                    for (name, tensor) in answer.tensors {
+                        let values = Self.doubles(tensor)
+                        #expect(tensors["\(op) \(name)"].map { $0 == values } ?? true, "\(op) \(name): the repeat answered differently")
+                        tensors["\(op) \(name)"] = values
+                    }
                 }
             }
             let json = #"{"model": "\#(id)", "inputs": \#(tinyInputs)}"#
-            try await client.execute(uri: "/v1/forward", method: .post, headers: jsonHeaders, body: body(json)) { r in
-                #expect(r.status == .ok, "\(r.text.prefix(300))")
-                tensors["json forward"] = r.json["outputs"]?.numbers?.map { Double($0) }
+            for _ in 0..<2 {
+                try await client.execute(uri: "/v1/forward", method: .post, headers: jsonHeaders, body: body(json)) { r in
+                    #expect(r.status == .ok, "\(r.text.prefix(300))")
+                    tensors["json forward"] = r.json["outputs"]?.numbers?.map { Double($0) }
+                }
             }
             let inline = try await client.execute(uri: "/metrics", method: .get) { r in Self.counter(r.text) }
             try #require(try await waitForReadyz(client) { $0["pending"]?.numbers?.first == 0 }, "a place was not given back")
@@ -67,9 +76,9 @@ struct InlineComputeTests {
 
     @Test("small computations run on the event loop and answer exactly what a compute thread answers")
     func sameAnswers() async throws {
-        let inline = try await answers { _ in }
-        let pooled = try await answers { $0.inlineGFLOP = 0 }
-        #expect(inline.inline == 4, "every request of a tiny model with a binary answer, alone, is computed inline (the JSON answer is not)")
+        let inline = try await answers { $0.inlineMilliseconds = 1000 }
+        let pooled = try await answers { $0.inlineMilliseconds = 0 }
+        #expect(inline.inline == 4, "the repeat of every request of a tiny model with a binary answer, alone, is computed inline (the JSON answer's is not)")
         #expect(pooled.inline == 0)
         #expect(inline.tensors.count == pooled.tensors.count && inline.tensors.count >= 9, "\(inline.tensors.keys.sorted())")
         for (name, values) in pooled.tensors {
@@ -77,20 +86,54 @@ struct InlineComputeTests {
         }
     }
 
-    @Test("a plan above --inline-gflop is handed to a compute thread before anything is reserved, with the same answers")
+    @Test("a plan above the static bound, or one that took longer than --inline-ms last time, is handed to a compute thread with the same answers")
     func handedOff() async throws {
-        let pooled = try await answers { $0.inlineGFLOP = 0 }
-        // 1e-15 GFLOP: every plan is larger; each request is tried inline and handed off.
-        let handed = try await answers { $0.inlineGFLOP = 1e-15 }
-        #expect(handed.inline == 0)
-        #expect(handed.tensors == pooled.tensors)
+        let pooled = try await answers { $0.inlineMilliseconds = 0 }
+        // A bound of 1e-6 FLOP-equivalents: every plan is larger; each request is tried inline and handed off.
+        let overBound = try await answers {
+            $0.inlineMilliseconds = 1000
+            $0.inlineWorkLimit = 1e-6
+        }
+        // 1 ns: every plan took longer the first time.
+        let tooSlow = try await answers { $0.inlineMilliseconds = 1e-6 }
+        #expect(overBound.inline == 0 && tooSlow.inline == 0)
+        #expect(overBound.tensors == pooled.tensors && tooSlow.tensors == pooled.tensors)
+    }
+
+    @Test("only a repeat runs inline: the same model and plan; another batch size is another plan")
+    func repeatsOnly() async throws {
+        let app = try await buildApplication(testConfiguration { $0.inlineMilliseconds = 1000 }, logger: quietLogger())
+        try await app.test(.router) { client in
+            let id = try await client.execute(uri: "/v1/models", method: .post, headers: jsonHeaders, body: body(#"{"model": \#(tinyModel)}"#)) { r in
+                r.json["id"]?.string ?? ""
+            }
+            func forward(rows: Int) -> ByteBuffer {
+                let x = AnyTensor(Tensor<Float>(shape: [rows, 2], scalars: (0..<(rows * 2)).map { Float($0 % 3) }))
+                let t = AnyTensor(Tensor<Float>(shape: [rows], scalars: Array(repeating: 0.5, count: rows)))
+                return ByteBuffer(
+                    bytes: Safetensors.write(
+                        [("inputs.x", x), ("inputs.t", t)], metadata: [("request", #"{"model": "\#(id)", "output_encoding": "safetensors"}"#)]))
+            }
+            // (rows, inline count after)
+            for (rows, expected) in [(2, 0), (3, 0), (2, 1), (3, 2), (4, 2), (4, 3)] {
+                try await client.execute(uri: "/v1/forward", method: .post, headers: [.contentType: "application/octet-stream"], body: forward(rows: rows)) {
+                    r in
+                    #expect(r.status == .ok, "\(r.text.prefix(300))")
+                }
+                try await client.execute(uri: "/metrics", method: .get) { r in #expect(Self.counter(r.text) == expected, "after a forward of \(rows) rows") }
+            }
+        }
     }
 
     @Test("activations count in the inline bound, each at its cost: many SELUs, or one tanh (a libm call), go to a compute thread")
     func activationsCount() async throws {
-        // At 0.01 G FLOP-equivalents: 8 SELUs on [256, 64] are 131 072 evaluations at 100 (13 M), above;
+        // Each sent twice. At 0.01 G FLOP-equivalents: 8 SELUs on [256, 64] are 131 072 evaluations at 100 (13 M), above;
         // one SELU on [64, 64] 4 096 (0.4 M), below; one tanh on [64, 64] 4 096 at 3 000 (12 M), above.
-        let app = try await buildApplication(testConfiguration { $0.inlineGFLOP = 0.01 }, logger: quietLogger())
+        let app = try await buildApplication(
+            testConfiguration {
+                $0.inlineMilliseconds = 1000
+                $0.inlineWorkLimit = 0.01e9
+            }, logger: quietLogger())
         try await app.test(.router) { client in
             var inline = 0
             for (op, layers, rows, expected) in [("selu", 8, 256, false), ("selu", 1, 64, true), ("tanh", 1, 64, false)] {
@@ -103,10 +146,12 @@ struct InlineComputeTests {
                 let x = AnyTensor(Tensor<Float>(shape: [rows, 64], scalars: (0..<(rows * 64)).map { Float($0 % 7) - 3 }))
                 let request = ByteBuffer(
                     bytes: Safetensors.write([("inputs.x", x)], metadata: [("request", #"{"model": "\#(id)", "output_encoding": "safetensors"}"#)]))
-                try await client.execute(uri: "/v1/forward", method: .post, headers: [.contentType: "application/octet-stream"], body: request) { r in
-                    #expect(r.status == .ok, "\(r.text.prefix(300))")
-                    let answer = try Array(r.body.readableBytesView).withUnsafeBytes { try Safetensors.read($0) }
-                    #expect(answer.tensors["outputs"]?.shape == [rows, 64])
+                for _ in 0..<2 {
+                    try await client.execute(uri: "/v1/forward", method: .post, headers: [.contentType: "application/octet-stream"], body: request) { r in
+                        #expect(r.status == .ok, "\(r.text.prefix(300))")
+                        let answer = try Array(r.body.readableBytesView).withUnsafeBytes { try Safetensors.read($0) }
+                        #expect(answer.tensors["outputs"]?.shape == [rows, 64])
+                    }
                 }
                 if expected { inline += 1 }
                 try await client.execute(uri: "/metrics", method: .get) { r in #expect(Self.counter(r.text) == inline, "\(layers) \(op) on \(rows) rows") }
@@ -125,7 +170,11 @@ struct InlineComputeTests {
         // (~3 ms, 0.33 G) for almost no FLOPs.
         let narrow = #"{"inputs": ["x"], "layers": [{"op": "linear", "weight": \#(Self.matrix(4, 1))}, {"op": "linear", "weight": \#(Self.matrix(2, 4))}]}"#
         let deep = #"{"inputs": ["x"], "layers": [\#(Array(repeating: #"{"op": "identity"}"#, count: 1024).joined(separator: ", "))]}"#
-        let app = try await buildApplication(testConfiguration { $0.inlineGFLOP = 0.2 }, logger: quietLogger())
+        let app = try await buildApplication(
+            testConfiguration {
+                $0.inlineMilliseconds = 1000
+                $0.inlineWorkLimit = 0.2e9
+            }, logger: quietLogger())
         try await app.test(.router) { client in
             var ids: [String: String] = [:]
             for (name, model) in [("wide", wide), ("deep", deep), ("narrow", narrow)] {
@@ -148,11 +197,13 @@ struct InlineComputeTests {
             var inline = 0
             for (model, op, rows, encoding, padding, expected) in cases {
                 let width = model == "narrow" ? 1 : 2
-                try await client.execute(
-                    uri: "/v1/\(op)", method: .post, headers: [.contentType: "application/octet-stream"],
-                    body: request(model, rows: rows, width: width, encoding, padding: padding)
-                ) { r in
-                    #expect(r.status == .ok, "\(r.text.prefix(300))")
+                for _ in 0..<2 {  // the first of a plan is remembered, the repeat may run inline
+                    try await client.execute(
+                        uri: "/v1/\(op)", method: .post, headers: [.contentType: "application/octet-stream"],
+                        body: request(model, rows: rows, width: width, encoding, padding: padding)
+                    ) { r in
+                        #expect(r.status == .ok, "\(r.text.prefix(300))")
+                    }
                 }
                 if expected { inline += 1 }
                 try await client.execute(uri: "/metrics", method: .get) { r in

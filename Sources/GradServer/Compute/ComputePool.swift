@@ -28,9 +28,9 @@ public final class ComputePool: Sendable {
     private let deadlines = DeadlineTimer()
 
     /// Starts `workers` threads; each job splits its rows into `threadsPerJob` chunks.
-    public init(workers: Int, maxQueued: Int, threadsPerJob: Int = 1, inlineGFLOP: Double = 0, metrics: PrometheusCollectorRegistry? = nil) {
+    public init(workers: Int, maxQueued: Int, threadsPerJob: Int = 1, inline: Bool = false, metrics: PrometheusCollectorRegistry? = nil) {
         self.workers = max(1, workers)
-        inlineFLOPs = inlineGFLOP * 1e9
+        self.inline = inline
         self.threadsPerJob = max(1, threadsPerJob)
         self.maxQueued = max(0, maxQueued)
         threads = NIOThreadPool(numberOfThreads: self.workers)
@@ -41,11 +41,11 @@ public final class ComputePool: Sendable {
         inlineCounter = metrics?.makeCounter(
             descriptor: MetricNameDescriptor(
                 namespace: "gradserve", subsystem: "compute", metricName: "inline", unitName: "total",
-                helpText: "Requests computed (or refused) on their connection's event loop: small, with no other computation running (--inline-gflop)"))
+                helpText: "Requests computed (or refused) on their connection's event loop: small, with no other computation running (--inline-ms)"))
     }
 
-    /// FLOPs of the largest job run on its caller's thread (``admitAlone()``).
-    let inlineFLOPs: Double
+    /// Whether a job may run on its caller's thread (``admitAlone()``).
+    let inline: Bool
 
     /// Jobs running or waiting now (including cancelled ones that have not stopped yet).
     public var pendingCount: Int { pending.withLock { $0 } }
@@ -122,13 +122,13 @@ public final class ComputePool: Sendable {
     ///
     /// Taken under the same lock as every place, so at most one inline job runs in the process at a
     /// time, and only while the compute threads are idle: an event loop computes a small request
-    /// (``ServerConfiguration/inlineGFLOP``) instead of waking a compute thread and being woken
+    /// (``ServerConfiguration/inlineMilliseconds``) instead of waking a compute thread and being woken
     /// back, which costs 0.1-0.3 ms of a 2 ms request on this machine (two wake-ups, and the thread
     /// computing on a core whose caches do not hold the body just received). Whatever arrives
     /// meanwhile goes to the compute threads as usual; a health check on the same loop waits for
     /// the one inline job at most.
     public func admitAlone() -> Ticket? {
-        guard threadsPerJob == 1, inlineFLOPs > 0 else { return nil }
+        guard threadsPerJob == 1, inline else { return nil }
         let alone = pending.withLock { n -> Bool in
             guard n == 0 else { return false }
             n = 1

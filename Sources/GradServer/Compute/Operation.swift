@@ -52,8 +52,13 @@ struct OperationRunner: Sendable {
         try doc.checkKnown(op.fields, nested: op.nestedFields)
         let encoding = OutputEncoding(rawValue: try doc.choice("output_encoding", OutputEncoding.allCases.map(\.rawValue), default: "json"))!
         let returnOutputs = try doc.bool("return_outputs", default: true)
-        // A model sent in the request is decoded and checked on a compute thread, never on an event loop.
-        if job.isInline, case .string? = doc.value("model") {} else if job.isInline { throw Job.Handoff() }
+        // A model sent in the request is decoded and checked on a compute thread, never on an event
+        // loop; a registered one's plans are remembered (InlineHistory) for the operations that may run there.
+        if case .string(let id)? = doc.value("model") {
+            if op.mayRunInline { job.modelReference = id }
+        } else if job.isInline {
+            throw Job.Handoff()
+        }
         let model = try resolveModel(doc)
         // Shapes first, from the tensors' headers: nothing large is decoded before the plan.
         guard let xs = try doc.shape("inputs.x") else { throw GradError.invalid("inputs.x", "required") }

@@ -125,7 +125,7 @@ struct InfoAnswer: Encodable {
     let cores: Int
     let workers: Int
     let threadsPerRequest: Int
-    let inlineGFLOP: Double
+    let inlineMilliseconds: Double
     let limits: Limits
     let auth: Bool
     let models: Int
@@ -136,7 +136,7 @@ struct InfoAnswer: Encodable {
     enum CodingKeys: String, CodingKey {
         case version, blas, cpu, cores, workers, limits, auth, models, operations, protocols
         case threadsPerRequest = "threads_per_request"
-        case inlineGFLOP = "inline_gflop"
+        case inlineMilliseconds = "inline_ms"
         case outputEncodings = "output_encodings"
     }
 }

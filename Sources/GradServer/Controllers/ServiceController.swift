@@ -53,7 +53,8 @@ struct ServiceController: Sendable {
                     blas: .init(version: BLASRuntime.version, core: BLASRuntime.coreName, threads: BLASRuntime.threads, config: BLASRuntime.config),
                     cpu: MachineInfo.current(measurePeak: false).cpu, cores: BLASRuntime.processors, workers: configuration.workers,
                     threadsPerRequest: configuration.threadsPerRequest,
-                    inlineGFLOP: configuration.threadsPerRequest > 1 ? 0 : configuration.inlineGFLOP, limits: .init(configuration, memoryLimit: memory.limit),
+                    inlineMilliseconds: configuration.threadsPerRequest > 1 ? 0 : configuration.inlineMilliseconds,
+                    limits: .init(configuration, memoryLimit: memory.limit),
                     auth: configuration.apiKey != nil, models: registry.all().count))
         }
     }

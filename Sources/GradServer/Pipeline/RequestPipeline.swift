@@ -23,6 +23,8 @@ struct RequestPipeline: Sendable {
     let memory: MemoryBudget
     let configuration: ServerConfiguration
     let drain: Drain
+    /// What each registered model's plans took last time (``InlineHistory``).
+    let history = InlineHistory()
 
     /// Bytes a request holds besides its body and plan (headers, bookkeeping, and the parser's
     /// fixed allowance of JSON nodes: ``JSONParser/maxNodes(forBytes:)``).
@@ -51,9 +53,11 @@ struct RequestPipeline: Sendable {
     /// With `inline`, a small body that arrives while no other computation runs is computed here,
     /// on the connection's event loop (``ComputePool/admitAlone()``), as long as `compute` finds it
     /// small: ``Job/admit(_:path:answerElements:extraBytes:inputElements:answerBytesPerNumber:)``
-    /// hands a plan above ``ServerConfiguration/inlineGFLOP`` over to a compute thread
-    /// (``Job/Handoff``), where `compute` starts again from the body (parsing it again costs
-    /// microseconds: only small bodies are tried inline).
+    /// hands over to a compute thread (``Job/Handoff``) a plan whose answer is not binary, whose
+    /// static estimate is above ``ServerConfiguration/inlineWorkLimit``, or which the same model
+    /// did not compute within ``ServerConfiguration/inlineMilliseconds`` last time (``InlineHistory``);
+    /// `compute` then starts again from the body (parsing it again costs microseconds: only small
+    /// bodies are tried inline).
     func run<T: Sendable>(
         _ request: Request, _ context: GradRequestContext, extraSeconds: Double = 0, inline: Bool = false,
         _ compute: @escaping @Sendable (Job, ComputeSession) throws -> T
@@ -87,12 +91,12 @@ struct RequestPipeline: Sendable {
         let session = ComputeSession(pool: pool, ticket: ticket, token: token, deadline: deadline)
         let value: T
         do {
-            if alone != nil, let inlined = try Self.inline(job, session, compute) {
+            if alone != nil, let inlined = try computeInline(job, session, compute) {
                 value = inlined
             } else {
-                value = try await pool.run(ticket, deadline: deadline, token: token) { queue in
+                value = try await pool.run(ticket, deadline: deadline, token: token) { [history] queue in
                     job.queueSeconds = queue
-                    return try compute(job, session)
+                    return try Self.timed(job, history) { try compute(job, session) }
                 }
             }
         } catch {
@@ -107,12 +111,20 @@ struct RequestPipeline: Sendable {
 
     /// Runs `compute` on this thread under the session's deadline and token; nil when it handed
     /// its plan over to a compute thread (``Job/Handoff``).
-    private static func inline<T>(_ job: Job, _ session: ComputeSession, _ compute: (Job, ComputeSession) throws -> T) throws -> T? {
-        job.inlineFLOPs = session.pool.inlineFLOPs
-        defer { job.inlineFLOPs = nil }
+    private func computeInline<T>(_ job: Job, _ session: ComputeSession, _ compute: (Job, ComputeSession) throws -> T) throws -> T? {
+        job.inline = (history, configuration.inlineMilliseconds / 1000, configuration.inlineWork)
+        defer { job.inline = nil }
         return try session.pool.runInline(session.ticket, deadline: session.deadline, token: session.token) { () -> T? in
-            do { return try compute(job, session) } catch is Job.Handoff { return nil }
+            do { return try Self.timed(job, history) { try compute(job, session) } } catch is Job.Handoff { return nil }
         }
+    }
+
+    /// Runs `body` and records in `history` how long it took, when its job has a plan to remember.
+    private static func timed<T>(_ job: Job, _ history: InlineHistory, _ body: () throws -> T) rethrows -> T {
+        let start = ContinuousClock.now
+        let value = try body()
+        if let key = job.historyKey { history.record(key, seconds: Stopwatch.seconds(ContinuousClock.now - start)) }
+        return value
     }
 
     /// Reserves room for a body of `body` bytes (and what parsing it may allocate).
@@ -141,13 +153,18 @@ final class Job: @unchecked Sendable {
     var queueSeconds = 0.0
     /// Seconds from the request's arrival at the pipeline until its whole body was read.
     var readSeconds = 0.0
-    /// While the job runs on an event loop: the FLOP-equivalents above which it goes to a compute
-    /// thread (its plan's ``ResourcePlan/work`` and 10 a number for copying its binary answer; a
-    /// JSON or base64 answer always goes, its encoding not being a copy).
-    var inlineFLOPs: Double?
+    /// While the job runs on an event loop: the history of plans, the seconds a plan may have
+    /// taken last time, and the static bound on its ``ResourcePlan/work`` (with 10 a number for
+    /// copying its binary answer; a JSON or base64 answer always goes, its encoding not being a copy).
+    var inline: (history: InlineHistory, seconds: Double, work: Double)?
+    /// The registered model the front end computes with, when its plans are worth remembering
+    /// (set before ``admit(_:path:answerElements:extraBytes:inputElements:answerBytesPerNumber:)``).
+    var modelReference: String?
+    /// The admitted plan, as ``InlineHistory`` remembers it: a registered model's, with a binary answer.
+    private(set) var historyKey: InlineHistory.Key?
 
     /// Whether the job runs on an event loop (``RequestPipeline``'s `inline`).
-    var isInline: Bool { inlineFLOPs != nil }
+    var isInline: Bool { inline != nil }
 
     /// Thrown on an event loop by ``admit(_:path:answerElements:extraBytes:inputElements:answerBytesPerNumber:)``
     /// (before it reserves anything), and by a front end before it decodes a model sent in the
@@ -226,11 +243,19 @@ final class Job: @unchecked Sendable {
                     "the computation would hold about \(peak.bytesDescription) at its peak (body, tensors, intermediates such as hidden layers of width \(Self.figure(Double(plan.widest))) and the answer), above this server's limit of \(Count(c.maxRequestMemory).bytesDescription) per request; split the batch"
             )
         }
-        // On an event loop: binary answers only (4 or 8 bytes a number: their encoding is a copy at
-        // most), within the bound.
-        if let inlineFLOPs {
-            let binary = answerBytesPerNumber == 4 || answerBytesPerNumber == 8
-            if !binary || (plan.work + outputs * 10).double > inlineFLOPs { throw Handoff() }
+        // Binary answers (4 or 8 bytes a number: their encoding is a copy at most) of a registered
+        // model are remembered; on an event loop, only a plan within the static bound that took
+        // less than the limit last time goes on.
+        let binary = answerBytesPerNumber == 4 || answerBytesPerNumber == 8
+        historyKey = nil
+        if binary, let modelReference {
+            historyKey = InlineHistory.Key(
+                model: modelReference, path: path, outputs: outputs.value, flops: plan.flops.value, work: plan.work.value, peakBytes: peak.value,
+                inputElements: inputElements.value, answerBytesPerNumber: answerBytesPerNumber)
+        }
+        if let inline {
+            guard let key = historyKey, (plan.work + outputs * 10).double <= inline.work, let last = inline.history.lastSeconds(key), last <= inline.seconds
+            else { throw Handoff() }
         }
         let total = bodyReservation + working
         guard reservation.grow(to: total) else { throw budget.busy(need: total) }
