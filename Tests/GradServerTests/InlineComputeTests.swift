@@ -1,10 +1,11 @@
 import GradCodec
 import GradCore
-import GradServer
 import Hummingbird
 import HummingbirdTesting
 import NIOCore
 import Testing
+
+@testable import GradServer
 
 /// Small computations with nothing else running are computed on the connection's event loop
 /// (`--inline-ms`) once the same model has computed the same plan fast enough; everything else,
@@ -262,5 +263,24 @@ struct InlineComputeTests {
             try await client.execute(uri: "/metrics", method: .get) { r in #expect(Self.counter(r.text) == 1, "\(r.text)") }
             try #require(try await waitForReadyz(client) { $0["pending"]?.numbers?.first == 0 }, "the place was not given back")
         }
+    }
+
+    @Test("a banned model's plans are not run inline until the ban ends; a full history forgets")
+    func history() async throws {
+        let h = InlineHistory()
+        func key(_ model: String, _ n: Int) -> InlineHistory.Key {
+            InlineHistory.Key(
+                model: model, path: "outputs", outputs: n, flops: n, work: n, peakBytes: n, inputElements: n, answerBytesPerNumber: 4, binaryBodyBytes: n)
+        }
+        h.record(key("a", 1), seconds: 0.001)
+        h.record(key("b", 1), seconds: 0.002)
+        #expect(h.lastSeconds(key("a", 1)) == 0.001 && h.lastSeconds(key("a", 2)) == nil)
+        h.ban(model: "a", for: .milliseconds(50))
+        #expect(h.lastSeconds(key("a", 1)) == nil, "banned")
+        #expect(h.lastSeconds(key("b", 1)) == 0.002, "another model is not")
+        try await Task.sleep(for: .milliseconds(80))
+        #expect(h.lastSeconds(key("a", 1)) == 0.001, "the ban has ended")
+        for n in 0..<InlineHistory.capacity { h.record(key("c", 100 + n), seconds: 0.001) }
+        #expect(h.lastSeconds(key("a", 1)) == nil && h.lastSeconds(key("c", 100 + InlineHistory.capacity - 1)) == 0.001, "full: forgot all but the newest")
     }
 }

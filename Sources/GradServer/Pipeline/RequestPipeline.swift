@@ -115,15 +115,24 @@ struct RequestPipeline: Sendable {
         job.inline = (history, configuration.inlineMilliseconds / 1000, configuration.inlineWork)
         defer { job.inline = nil }
         return try session.pool.runInline(session.ticket, deadline: session.deadline, token: session.token) { () -> T? in
-            do { return try Self.timed(job, history) { try compute(job, session) } } catch is Job.Handoff { return nil }
+            do {
+                return try Self.timed(job, history, inlineLimit: configuration.inlineMilliseconds / 1000) { try compute(job, session) }
+            } catch is Job.Handoff {
+                return nil
+            }
         }
     }
 
-    /// Runs `body` and records in `history` how long it took, when its job has a plan to remember.
-    private static func timed<T>(_ job: Job, _ history: InlineHistory, _ body: () throws -> T) rethrows -> T {
+    /// Runs `body` and records in `history` how long it took, when its job has a plan to remember;
+    /// a model whose inline run (`inlineLimit` given) took more than twice the limit is banned from
+    /// inline runs for a minute (its values made it slower than measured: see ``InlineHistory``).
+    private static func timed<T>(_ job: Job, _ history: InlineHistory, inlineLimit: Double? = nil, _ body: () throws -> T) rethrows -> T {
         let start = ContinuousClock.now
         let value = try body()
-        if let key = job.historyKey { history.record(key, seconds: Stopwatch.seconds(ContinuousClock.now - start)) }
+        guard let key = job.historyKey else { return value }
+        let seconds = Stopwatch.seconds(ContinuousClock.now - start)
+        history.record(key, seconds: seconds)
+        if let inlineLimit, seconds > 2 * inlineLimit { history.ban(model: key.model, for: .seconds(60)) }
         return value
     }
 
@@ -248,10 +257,12 @@ final class Job: @unchecked Sendable {
         // less than the limit last time goes on.
         let binary = answerBytesPerNumber == 4 || answerBytesPerNumber == 8
         historyKey = nil
-        if binary, let modelReference {
+        if binary, let modelReference, c.inlineMilliseconds > 0, c.threadsPerRequest == 1 {
+            let binaryBody = RequestDocument.mediaType(contentType) == "application/octet-stream"
             historyKey = InlineHistory.Key(
-                model: modelReference, path: path, outputs: outputs.value, flops: plan.flops.value, work: plan.work.value, peakBytes: peak.value,
-                inputElements: inputElements.value, answerBytesPerNumber: answerBytesPerNumber)
+                model: modelReference, path: path, outputs: outputs.value, flops: plan.flops.value, work: plan.work.value,
+                peakBytes: plan.peakBytes.value, inputElements: inputElements.value, answerBytesPerNumber: answerBytesPerNumber,
+                binaryBodyBytes: binaryBody ? body.readableBytes : 0)
         }
         if let inline {
             guard let key = historyKey, (plan.work + outputs * 10).double <= inline.work, let last = inline.history.lastSeconds(key), last <= inline.seconds
