@@ -8,7 +8,7 @@ import Synchronization
 /// activations are faster for some inputs, and subnormal numbers slow arithmetic down, so a
 /// client can make a plan fast once and slow the next time. Two bounds hold anyway: the static
 /// estimate (``ResourcePlan/work``, which prices libm calls at their slowest), and a model whose
-/// inline run took more than twice the limit is banned from inline runs for a minute
+/// inline run took more than four times the limit is banned from inline runs for 30 s
 /// (``ban(model:for:)``). A notebook calling the same model with the same shapes in a loop computes
 /// its first call on a compute thread and the others inline. Bounded: it forgets everything when
 /// full (losing only the speed-up).

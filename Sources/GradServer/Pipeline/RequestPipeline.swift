@@ -124,15 +124,17 @@ struct RequestPipeline: Sendable {
     }
 
     /// Runs `body` and records in `history` how long it took, when its job has a plan to remember;
-    /// a model whose inline run (`inlineLimit` given) took more than twice the limit is banned from
-    /// inline runs for a minute (its values made it slower than measured: see ``InlineHistory``).
+    /// an inline run (`inlineLimit` given) slower than the limit sends the plan's next request to a
+    /// compute thread (which records it again), and one slower than four times the limit bans its
+    /// model from inline runs for 30 s: its values made it slower than measured (``InlineHistory``).
+    /// A host's hiccup of a few milliseconds does neither for long.
     private static func timed<T>(_ job: Job, _ history: InlineHistory, inlineLimit: Double? = nil, _ body: () throws -> T) rethrows -> T {
         let start = ContinuousClock.now
         let value = try body()
         guard let key = job.historyKey else { return value }
         let seconds = Stopwatch.seconds(ContinuousClock.now - start)
         history.record(key, seconds: seconds)
-        if let inlineLimit, seconds > 2 * inlineLimit { history.ban(model: key.model, for: .seconds(60)) }
+        if let inlineLimit, seconds > 4 * inlineLimit { history.ban(model: key.model, for: .seconds(30)) }
         return value
     }
 
