@@ -34,6 +34,16 @@ public enum Safetensors {
         var file = File(tensors: [:], metadata: [:])
         var issues: [FieldIssue] = []
         var entries: [Entry] = []
+        // Runs `step` for the tensor `name`, keeping its issues with the others'.
+        func collecting(_ name: String, _ step: () throws(GradError) -> Void) {
+            do throws(GradError) {
+                try step()
+            } catch .invalid(let more) {
+                issues += more
+            } catch {
+                issues.append(FieldIssue(path: name, message: "\(error)"))
+            }
+        }
         for (name, v) in o.entries {
             if name == "__metadata__" {
                 guard case .object(let m) = v else {
@@ -49,13 +59,7 @@ public enum Safetensors {
                 }
                 continue
             }
-            do throws(GradError) {
-                entries.append(try entry(name, v, data))
-            } catch .invalid(let more) {
-                issues += more
-            } catch {
-                issues.append(FieldIssue(path: name, message: "\(error)"))
-            }
+            collecting(name) { () throws(GradError) in entries.append(try entry(name, v, data)) }
         }
         // No two tensors may share bytes (the format's own rule): each byte is then decoded (checked,
         // or copied when misaligned) at most once, so the work and memory of decoding are bounded by
@@ -70,13 +74,9 @@ public enum Safetensors {
         }
         if !issues.isEmpty { throw .invalid(capped(issues)) }
         for e in entries {
-            do throws(GradError) {
+            collecting(e.name) { () throws(GradError) in
                 file.tensors[e.name] = try TensorDecoder.fromBytes(
                     UnsafeRawBufferPointer(rebasing: data[e.begin..<e.end]), shape: e.shape, dtype: e.dtype, at: e.name, owner: owner)
-            } catch .invalid(let more) {
-                issues += more
-            } catch {
-                issues.append(FieldIssue(path: e.name, message: "\(error)"))
             }
         }
         if !issues.isEmpty { throw .invalid(capped(issues)) }

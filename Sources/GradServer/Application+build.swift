@@ -21,7 +21,7 @@ public func buildApplication(
         quota: .init(maxModels: configuration.maxModels, maxBytes: configuration.maxRegistryBytes))
     let pool = ComputePool(
         workers: configuration.workers, maxQueued: configuration.maxQueued, threadsPerJob: configuration.threadsPerRequest,
-        inline: configuration.inlineMilliseconds > 0, metrics: metrics)
+        inline: configuration.computesInline, metrics: metrics)
     let memory = MemoryBudget(limit: configuration.memoryLimit, metrics: metrics)
     drain.attach(pool)
     let router = buildRouter(configuration, registry: registry, pool: pool, memory: memory, metrics: metrics, drain: drain)

@@ -36,6 +36,9 @@ public struct ServerConfiguration: Sendable {
     /// values make a plan slower than it was measured).
     public var inlineWorkLimit: Double? = nil
 
+    /// Whether computations may run on an event loop at all (not with row chunks).
+    var computesInline: Bool { inlineMilliseconds > 0 && threadsPerRequest == 1 }
+
     /// ``inlineWorkLimit``, or its default.
     var inlineWork: Double { inlineWorkLimit ?? inlineMilliseconds * 1.25e8 }
     /// Upper bound on the run time of one `/v1/benchmark` request, in seconds.

@@ -80,14 +80,14 @@ extension Model {
     /// The plan of `op` on a batch `[B, D]`. Call ``checkBatchShape(batch:d:)`` first.
     public func plan(_ op: PlannedOperation, batch b: Int, d: Int) -> ResourcePlan {
         var p = planUnlabelled(op, batch: b, d: d)
-        p.widest = widths(d: d).max() ?? 0
-        addWorkEstimate(&p, op, batch: b, d: d)
+        let w = widths(d: d)
+        p.widest = w.max() ?? 0
+        addWorkEstimate(&p, op, batch: b, d: d, widths: w)
         return p
     }
 
-    /// Fills the plan's time estimate beyond its FLOPs (``ResourcePlan/work``).
-    func addWorkEstimate(_ p: inout ResourcePlan, _ op: PlannedOperation, batch b: Int, d: Int) {
-        let w = widths(d: d)
+    /// Fills the plan's time estimate beyond its FLOPs (``ResourcePlan/work``); `w` is `widths(d:)`.
+    func addWorkEstimate(_ p: inout ResourcePlan, _ op: PlannedOperation, batch b: Int, d: Int, widths w: [Int]) {
         let dOut = w[w.count - 1]
         var activationCost = Count.zero  // per row, one evaluation of every activation
         var weights = Count.zero

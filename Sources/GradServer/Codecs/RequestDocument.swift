@@ -50,6 +50,9 @@ struct RequestDocument: Sendable {
         }
     }
 
+    /// Whether a `Content-Type` announces a safetensors body.
+    static func isSafetensors(_ contentType: String?) -> Bool { mediaType(contentType) == "application/octet-stream" }
+
     /// The media type of a `Content-Type` (lowercased, without parameters).
     static func mediaType(_ contentType: String?) -> String? {
         guard let contentType else { return nil }

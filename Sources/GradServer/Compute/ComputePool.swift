@@ -106,12 +106,18 @@ public final class ComputePool: Sendable {
 
     /// Takes a place, or refuses with 503 and `Retry-After` when the pool is full.
     public func admit() throws -> Ticket {
-        let admitted = pending.withLock { n -> Bool in
-            guard n < workers + maxQueued else { return false }
+        guard let ticket = take(when: { $0 < workers + maxQueued }) else { throw busy() }
+        return ticket
+    }
+
+    /// A place, when `allowed` holds for the places taken now (checked and taken under one lock).
+    private func take(when allowed: (Int) -> Bool) -> Ticket? {
+        let taken = pending.withLock { n -> Bool in
+            guard allowed(n) else { return false }
             n += 1
             return true
         }
-        guard admitted else { throw busy() }
+        guard taken else { return nil }
         inFlightGauge?.set(Double(pendingCount))
         return Ticket(pool: self)
     }
@@ -129,14 +135,7 @@ public final class ComputePool: Sendable {
     /// the one inline job at most.
     public func admitAlone() -> Ticket? {
         guard threadsPerJob == 1, inline else { return nil }
-        let alone = pending.withLock { n -> Bool in
-            guard n == 0 else { return false }
-            n = 1
-            return true
-        }
-        guard alone else { return nil }
-        inFlightGauge?.set(Double(pendingCount))
-        return Ticket(pool: self)
+        return take(when: { $0 == 0 })
     }
 
     /// The 503 of a full pool.

@@ -33,7 +33,7 @@ struct ModelsController: Sendable {
     }
 
     static func decodeRegistration(_ body: ByteBuffer, contentType: String?) throws -> (JSONValue, String?, [String: AnyTensor]) {
-        if RequestDocument.mediaType(contentType) == "application/octet-stream" {
+        if RequestDocument.isSafetensors(contentType) {
             // Safetensors: metadata "model" (JSON text) and "name"; every tensor is a named weight.
             let file = try body.withUnsafeReadableBytes { try Safetensors.read($0) }
             guard let text = file.metadata["model"] else {

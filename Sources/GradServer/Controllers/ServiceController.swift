@@ -53,7 +53,7 @@ struct ServiceController: Sendable {
                     blas: .init(version: BLASRuntime.version, core: BLASRuntime.coreName, threads: BLASRuntime.threads, config: BLASRuntime.config),
                     cpu: MachineInfo.current(measurePeak: false).cpu, cores: BLASRuntime.processors, workers: configuration.workers,
                     threadsPerRequest: configuration.threadsPerRequest,
-                    inlineMilliseconds: configuration.threadsPerRequest > 1 ? 0 : configuration.inlineMilliseconds,
+                    inlineMilliseconds: configuration.computesInline ? configuration.inlineMilliseconds : 0,
                     limits: .init(configuration, memoryLimit: memory.limit),
                     auth: configuration.apiKey != nil, models: registry.all().count))
         }

@@ -86,7 +86,7 @@ struct RequestPipeline: Sendable {
         context.channel?.triggerUserOutboundEvent(ConnectionGuard.ConnectionEvent.bind(token), promise: nil)
         let job = Job(
             body: body, contentType: contentType, configuration: configuration, reservation: reservation, budget: memory,
-            bodyReservation: Count(body.readableBytes) * factor + Self.baseline)
+            bodyReservation: Count(body.readableBytes) * factor + Self.baseline, history: history)
         job.readSeconds = Stopwatch.seconds(ContinuousClock.now - arrival)
         let session = ComputeSession(pool: pool, ticket: ticket, token: token, deadline: deadline)
         let value: T
@@ -94,9 +94,9 @@ struct RequestPipeline: Sendable {
             if alone != nil, let inlined = try computeInline(job, session, compute) {
                 value = inlined
             } else {
-                value = try await pool.run(ticket, deadline: deadline, token: token) { [history] queue in
+                value = try await pool.run(ticket, deadline: deadline, token: token) { queue in
                     job.queueSeconds = queue
-                    return try Self.timed(job, history) { try compute(job, session) }
+                    return try job.timed { try compute(job, session) }
                 }
             }
         } catch {
@@ -112,30 +112,11 @@ struct RequestPipeline: Sendable {
     /// Runs `compute` on this thread under the session's deadline and token; nil when it handed
     /// its plan over to a compute thread (``Job/Handoff``).
     private func computeInline<T>(_ job: Job, _ session: ComputeSession, _ compute: (Job, ComputeSession) throws -> T) throws -> T? {
-        job.inline = (history, configuration.inlineMilliseconds / 1000, configuration.inlineWork)
-        defer { job.inline = nil }
+        job.isInline = true
+        defer { job.isInline = false }
         return try session.pool.runInline(session.ticket, deadline: session.deadline, token: session.token) { () -> T? in
-            do {
-                return try Self.timed(job, history, inlineLimit: configuration.inlineMilliseconds / 1000) { try compute(job, session) }
-            } catch is Job.Handoff {
-                return nil
-            }
+            do { return try job.timed { try compute(job, session) } } catch is Job.Handoff { return nil }
         }
-    }
-
-    /// Runs `body` and records in `history` how long it took, when its job has a plan to remember;
-    /// an inline run (`inlineLimit` given) slower than the limit sends the plan's next request to a
-    /// compute thread (which records it again), and one slower than four times the limit bans its
-    /// model from inline runs for 30 s: its values made it slower than measured (``InlineHistory``).
-    /// A host's hiccup of a few milliseconds does neither for long.
-    private static func timed<T>(_ job: Job, _ history: InlineHistory, inlineLimit: Double? = nil, _ body: () throws -> T) rethrows -> T {
-        let start = ContinuousClock.now
-        let value = try body()
-        guard let key = job.historyKey else { return value }
-        let seconds = Stopwatch.seconds(ContinuousClock.now - start)
-        history.record(key, seconds: seconds)
-        if let inlineLimit, seconds > 4 * inlineLimit { history.ban(model: key.model, for: .seconds(30)) }
-        return value
     }
 
     /// Reserves room for a body of `body` bytes (and what parsing it may allocate).
@@ -160,22 +141,23 @@ final class Job: @unchecked Sendable {
     private let reservation: MemoryBudget.Reservation
     private let budget: MemoryBudget
     private let bodyReservation: Count
+    /// Where the job's plan and its time are remembered (the pipeline's).
+    private let history: InlineHistory
+    /// Whether the body is safetensors.
+    private let safetensorsBody: Bool
     /// Seconds the job waited for a compute thread (set before it runs; read on the same thread).
     var queueSeconds = 0.0
     /// Seconds from the request's arrival at the pipeline until its whole body was read.
     var readSeconds = 0.0
-    /// While the job runs on an event loop: the history of plans, the seconds a plan may have
-    /// taken last time, and the static bound on its ``ResourcePlan/work`` (with 10 a number for
-    /// copying its binary answer; a JSON or base64 answer always goes, its encoding not being a copy).
-    var inline: (history: InlineHistory, seconds: Double, work: Double)?
+    /// Whether the job runs on an event loop (``RequestPipeline``'s `inline`): its plan must then
+    /// be within ``ServerConfiguration/inlineWork`` (with 10 a number for copying its binary answer)
+    /// and have taken at most ``ServerConfiguration/inlineMilliseconds`` last time.
+    var isInline = false
     /// The registered model the front end computes with, when its plans are worth remembering
     /// (set before ``admit(_:path:answerElements:extraBytes:inputElements:answerBytesPerNumber:)``).
     var modelReference: String?
     /// The admitted plan, as ``InlineHistory`` remembers it: a registered model's, with a binary answer.
     private(set) var historyKey: InlineHistory.Key?
-
-    /// Whether the job runs on an event loop (``RequestPipeline``'s `inline`).
-    var isInline: Bool { inline != nil }
 
     /// Thrown on an event loop by ``admit(_:path:answerElements:extraBytes:inputElements:answerBytesPerNumber:)``
     /// (before it reserves anything), and by a front end before it decodes a model sent in the
@@ -187,14 +169,14 @@ final class Job: @unchecked Sendable {
     /// are borrowed and checked at memory speed (at most 4 MiB), and its JSON header, which holds
     /// the request, is at most 64 KiB too.
     static func mayTryInline(_ body: ByteBuffer, contentType: String?) -> Bool {
-        guard RequestDocument.mediaType(contentType) == "application/octet-stream" else { return body.readableBytes <= 64 << 10 }
+        guard RequestDocument.isSafetensors(contentType) else { return body.readableBytes <= 64 << 10 }
         guard body.readableBytes <= 4 << 20, let n = body.getInteger(at: body.readerIndex, endianness: .little, as: UInt64.self) else { return false }
         return n <= 64 << 10
     }
 
     init(
         body: ByteBuffer, contentType: String?, configuration: ServerConfiguration, reservation: MemoryBudget.Reservation, budget: MemoryBudget,
-        bodyReservation: Count
+        bodyReservation: Count, history: InlineHistory
     ) {
         self.body = body
         self.contentType = contentType
@@ -202,6 +184,23 @@ final class Job: @unchecked Sendable {
         self.reservation = reservation
         self.budget = budget
         self.bodyReservation = bodyReservation
+        self.history = history
+        safetensorsBody = RequestDocument.isSafetensors(contentType)
+    }
+
+    /// Runs `body` and records how long it took, when the job has a plan to remember. An inline
+    /// run slower than the limit sends the plan's next request to a compute thread (which records
+    /// it again), and one slower than four times the limit bans its model from inline runs for
+    /// 30 s: its values made it slower than measured (``InlineHistory``). A host's hiccup of a few
+    /// milliseconds does neither for long.
+    func timed<T>(_ body: () throws -> T) rethrows -> T {
+        let start = ContinuousClock.now
+        let value = try body()
+        guard let key = historyKey else { return value }
+        let seconds = Stopwatch.seconds(ContinuousClock.now - start)
+        history.record(key, seconds: seconds)
+        if isInline, seconds > 4 * configuration.inlineMilliseconds / 1000 { history.ban(model: key.model, for: .seconds(30)) }
+        return value
     }
 
     /// How many bytes a body may hold once parsed and its model built, per byte: a JSON number
@@ -209,7 +208,7 @@ final class Job: @unchecked Sendable {
     /// an inline weight is cast once more into the model's dtype (up to 2× more); a safetensors
     /// body is copied into its tensors and float32 weights may be widened to float64 (4×).
     static func bodyFactor(contentType: String?) -> Int {
-        RequestDocument.mediaType(contentType) == "application/octet-stream" ? 4 : 7
+        RequestDocument.isSafetensors(contentType) ? 4 : 7
     }
 
     /// The parsed request document (JSON, or safetensors with its JSON part).
@@ -259,15 +258,15 @@ final class Job: @unchecked Sendable {
         // less than the limit last time goes on.
         let binary = answerBytesPerNumber == 4 || answerBytesPerNumber == 8
         historyKey = nil
-        if binary, let modelReference, c.inlineMilliseconds > 0, c.threadsPerRequest == 1 {
-            let binaryBody = RequestDocument.mediaType(contentType) == "application/octet-stream"
+        if binary, let modelReference, c.computesInline {
             historyKey = InlineHistory.Key(
                 model: modelReference, path: path, outputs: outputs.value, flops: plan.flops.value, work: plan.work.value,
                 peakBytes: plan.peakBytes.value, inputElements: inputElements.value, answerBytesPerNumber: answerBytesPerNumber,
-                binaryBodyBytes: binaryBody ? body.readableBytes : 0)
+                binaryBodyBytes: safetensorsBody ? body.readableBytes : 0)
         }
-        if let inline {
-            guard let key = historyKey, (plan.work + outputs * 10).double <= inline.work, let last = inline.history.lastSeconds(key), last <= inline.seconds
+        if isInline {
+            guard let key = historyKey, (plan.work + outputs * 10).double <= c.inlineWork, let last = history.lastSeconds(key),
+                last <= c.inlineMilliseconds / 1000
             else { throw Handoff() }
         }
         let total = bodyReservation + working
